@@ -1,0 +1,84 @@
+"""The project's own promises: environment.yml matches settings.ini, README matches index.ipynb, metadata is whole."""
+import configparser
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge/pytorch channel name, where they differ
+
+
+def settings():
+    cfg = configparser.ConfigParser(delimiters=["="])
+    cfg.read(ROOT / "settings.ini")
+    return cfg["DEFAULT"]
+
+
+def split_req(req):
+    m = re.match(r"^([A-Za-z0-9_.\-]+)(.*)$", req.strip())
+    return m.group(1).lower(), m.group(2).strip()
+
+
+def env_yml_entries():
+    "The `- name spec` lines of environment.yml: (conda dependencies, pip dependencies)."
+    conda, pip, in_pip = {}, {}, False
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        if re.match(r"^\s+- pip:\s*$", line):
+            in_pip = True
+            continue
+        m = re.match(r"^(\s+)- ([^#]+?)\s*(#.*)?$", line)
+        if not m:
+            continue
+        if in_pip and len(m.group(1)) <= 2:
+            in_pip = False
+        name, spec = split_req(m.group(2)) if not m.group(2).startswith("-e") else ("-e", m.group(2))
+        (pip if in_pip else conda)[name] = spec
+    return conda, pip
+
+
+def test_environment_yml_lists_every_runtime_and_dev_requirement_with_the_same_bounds():
+    conda, pip = env_yml_entries()
+    for req in settings()["requirements"].split():
+        name, spec = split_req(req)
+        conda_name = CONDA_NAMES.get(name, name)
+        assert conda_name in conda, f"environment.yml lacks {conda_name} (settings.ini requires {req})"
+        assert conda[conda_name] == spec, f"{conda_name}: environment.yml says {conda[conda_name]!r}, settings.ini {spec!r}"
+    for req in settings()["dev_requirements"].split():
+        name, spec = split_req(req)
+        where = pip if "==" in spec else conda  # exact pins go through pip, as nbdev's set needs
+        assert where.get(name) == spec, f"environment.yml: {name} should be {spec!r}, found {where.get(name)!r}"
+    assert "-e" in pip, "environment.yml must install the project itself (pip: - -e .)"
+    python = settings()["min_python"]
+    assert conda["python"] == f">={python}"
+
+
+def test_torch_bound_admits_2_13_0():
+    from packaging.specifiers import SpecifierSet
+    spec = dict(split_req(r) for r in settings()["requirements"].split())["torch"]
+    assert "2.13.0" in SpecifierSet(spec)
+
+
+def test_readme_is_made_from_index_notebook():
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "make_readme.py"), "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and re.search(r"^exec make test\s*$", ci, re.M)
+
+
+def test_tst_flags_skip_gpu_and_slow_cells():
+    assert set(settings()["tst_flags"].split()) >= {"gpu", "slow"}
+
+
+def test_every_numbered_notebook_exports_to_its_module():
+    expected = {"00_lstm_gates": "lstm", "01_weight_drop": "weight_drop", "02_dropout": "dropout", "03_data": "data",
+                "04_bptt": "bptt", "05_regularization": "regularization", "06_model": "model", "07_ntasgd": "ntasgd",
+                "08_train": "train", "09_cache": "cache", "11_cli": "cli"}
+    for nb in sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb")):
+        if nb.stem in expected:
+            assert f"#| default_exp {expected[nb.stem]}" in nb.read_text(), nb.name
+            assert (ROOT / "awd_edu" / f"{expected[nb.stem]}.py").exists()
