@@ -12,7 +12,8 @@ echo "== README.md in step with nbs/index.ipynb"
 "$BIN/python" tools/make_readme.py --check
 
 echo "== nbdev_test (cells flagged gpu or slow are skipped: settings.ini tst_flags)"
-"$BIN/nbdev_test" --n_workers 2 --timing
+# Two notebooks run at once on two cores: one torch thread each avoids oversubscription.
+OMP_NUM_THREADS=1 "$BIN/nbdev_test" --n_workers 2 --timing
 
 echo "== pytest"
 set +e
