@@ -1,7 +1,8 @@
 # Every set-up step lives here, so a fresh clone needs one command for each job:
 #   make train   installs the project in .venv, fetches Penn Treebank, trains (CPU: a preset that finishes in minutes)
 #   make test    installs the project with its dev tools in .venv and runs the whole test suite (what CI runs)
-#   make docs    builds the documentation site into docs/_build/html
+#   make docs    builds the documentation site into docs/_build/html (offline, from the notebooks' saved outputs)
+#   make serve-docs  builds the site and serves it on http://127.0.0.1:8000 (DOCS_PORT=... for another port)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +17,8 @@ ifneq ($(wildcard $(SHARED_DATA)/ptb/ptb.train.txt),)
 export AWD_EDU_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: install train test docs
+.PHONY: install train test docs serve-docs
+DOCS_PORT ?= 8000
 
 $(VENV)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +30,13 @@ install: $(VENV)/.installed
 
 train: install
 	$(BIN)/awd-edu data download
-	$(BIN)/awd-edu train --preset auto --run-dir runs/main
+	$(BIN)/awd-edu train --preset auto --run-dir runs/main --resume-existing
 
 test: install
 	BIN=$(BIN) bash tools/test.sh
+
+docs: install
+	$(BIN)/python tools/docs.py build
+
+serve-docs: docs
+	$(BIN)/python tools/docs.py serve --port $(DOCS_PORT)

@@ -48,6 +48,10 @@ def test_environment_yml_lists_every_runtime_and_dev_requirement_with_the_same_b
         name, spec = split_req(req)
         where = pip if "==" in spec else conda  # exact pins go through pip, as nbdev's set needs
         assert where.get(name) == spec, f"environment.yml: {name} should be {spec!r}, found {where.get(name)!r}"
+    for key in ("docs_requirements", "browser_requirements"):
+        for req in settings().get(key, "").split():
+            name, spec = split_req(req)
+            assert (pip.get(name) or conda.get(name)) == spec, f"environment.yml: {name} should be {spec!r}"
     assert "-e" in pip, "environment.yml must install the project itself (pip: - -e .)"
     python = settings()["min_python"]
     assert conda["python"] == f">={python}"
@@ -82,3 +86,10 @@ def test_every_numbered_notebook_exports_to_its_module():
         if nb.stem in expected:
             assert f"#| default_exp {expected[nb.stem]}" in nb.read_text(), nb.name
             assert (ROOT / "awd_edu" / f"{expected[nb.stem]}.py").exists()
+
+
+def test_every_notebook_names_its_kernel():
+    import json
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        ks = json.loads(nb.read_text())["metadata"].get("kernelspec", {})
+        assert ks.get("name") == "python3", f"{nb.name}: no python3 kernelspec (run it with tools/run_nb.py)"
