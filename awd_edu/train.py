@@ -611,12 +611,7 @@ class Trainer:
         "Train until `config.epochs` (SGD, then ASGD when the trigger fires); returns this stage's metrics."
         if self.stage != "train":
             raise ValueError("fit: this trainer is fine-tuning; use finetune() to continue it")
-        self._emit("start", epoch=self.epoch, step=self.global_step, history=list(self.history),
-                   n_params=count_parameters(self.model), device=str(self.device), run_dir=str(self.run_dir))
-        while not self.finished:
-            self.run_epoch()
-        self._emit("end", epoch=self.epoch, step=self.global_step, history=list(self.history))
-        return [m for m in self.history if m["stage"] == "train"]
+        return self._run_stage()
 
     def finetune(self) -> list:
         "From the best weights: fresh ASGD, windows capped at bptt+10, until the non-monotonic rule fires; keeps the best."
@@ -628,12 +623,16 @@ class Trainer:
             self.optimizer = make_asgd(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.wdecay)
             self.trigger = NonMonotonicTrigger(cfg.nonmono)
             self.best_val_loss = self.evaluate_split("valid")   # what fine-tuning has to beat
+        return self._run_stage()
+
+    def _run_stage(self) -> list:
+        "Run epochs of the current stage until it is finished, telling the callbacks; returns the stage's metrics."
         self._emit("start", epoch=self.epoch, step=self.global_step, history=list(self.history),
                    n_params=count_parameters(self.model), device=str(self.device), run_dir=str(self.run_dir))
         while not self.finished:
             self.run_epoch()
         self._emit("end", epoch=self.epoch, step=self.global_step, history=list(self.history))
-        return [m for m in self.history if m["stage"] == "finetune"]
+        return [m for m in self.history if m["stage"] == self.stage]
 
     # ---- checkpoints
     def save_checkpoint(self) -> Path:
