@@ -99,7 +99,8 @@ def _print_event(event: dict):
 def _callbacks(run_dir, args) -> list:
     callbacks = [_print_event]
     if not args.no_report:
-        callbacks.append(train.HTMLReport(run_dir))
+        from awd_edu.viz.dashboard import HTMLReport  # a face: it may draw
+        callbacks.append(HTMLReport(run_dir))
     return callbacks
 
 

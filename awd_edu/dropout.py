@@ -11,28 +11,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .weight_drop import check_p
+
 # %% auto #0
 __all__ = ['DEMO_SENTENCE', 'dropout_mask', 'LockedDropout', 'embedded_dropout', 'demo_sequence', 'three_dropouts',
            'dropout_figure', 'dropout_explorer']
 
 # %% ../nbs/02_dropout.ipynb #6a6d297f
-def _check_p(p, name: str, where: str) -> float:
-    "Return `p` as a float, or raise naming `name` unless it is a real number in [0, 1)."
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a float in [0, 1) (the probability of dropping), "
-                        f"got {type(p).__name__} {p!r}")
-    if not 0 <= p < 1:  # also rejects NaN
-        raise ValueError(f"{where}: {name} must be in [0, 1) (the probability of dropping; 1 would drop "
-                         f"everything and divide by zero), got {p!r}")
-    return float(p)
-
-
 def dropout_mask(x: torch.Tensor,  # a tensor whose dtype and device the mask takes
                  shape,  # the mask's shape; size-1 axes broadcast, so one coin is shared along them
                  p: float,  # probability of dropping, in [0, 1)
                 ) -> torch.Tensor:
     "A new tensor of `shape` like `x`, each element 0 with probability `p`, else 1/(1-p)."
-    p = _check_p(p, "p", "dropout_mask")
+    p = check_p(p, "p", "dropout_mask")
     m = x.new_empty(shape).bernoulli_(1 - p)  # m ~ Bernoulli(1-p): 1 keeps, 0 drops
     return m.div_(1 - p)                      # m / (1-p)
 
@@ -47,7 +38,7 @@ class LockedDropout(nn.Module):
     def p(self) -> float: return self._p
 
     @p.setter
-    def p(self, value): self._p = _check_p(value, "p", "LockedDropout")
+    def p(self, value): self._p = check_p(value, "p", "LockedDropout")
 
     def forward(self, x: torch.Tensor,  # activations, time first: (seq_len, batch, features)
                ) -> torch.Tensor:
@@ -70,7 +61,7 @@ def embedded_dropout(embed: nn.Embedding,  # the embedding layer; its `weight` (
                      dropout: float = 0.1,  # probability of dropping a word type (a row), in [0, 1)
                     ) -> torch.Tensor:
     "Look `words` up in `embed` with whole rows (word types) dropped and the rest scaled by 1/(1-p); plain lookup in eval."
-    p = _check_p(dropout, "dropout", "embedded_dropout")
+    p = check_p(dropout, "dropout", "embedded_dropout")
     if not isinstance(embed, nn.Embedding):
         raise TypeError(f"embedded_dropout: embed must be an nn.Embedding, got {type(embed).__name__}")
     if not isinstance(words, torch.Tensor) or words.is_floating_point() or words.is_complex() \
@@ -123,7 +114,7 @@ def three_dropouts(embed: nn.Embedding,  # the embedding of the sequence
                    seed: int = 0,  # masks are drawn from seeds `seed`, `seed+1`, `seed+2`
                   ) -> dict:
     "The embedded sequence `(T, B, d)` after each of the three dropouts, as a dict `standard`, `locked`, `embedding`."
-    p_standard, p_locked, p_embed = (_check_p(v, name, "three_dropouts") for v, name in
+    p_standard, p_locked, p_embed = (check_p(v, name, "three_dropouts") for v, name in
                                      [(p_standard, "p_standard"), (p_locked, "p_locked"), (p_embed, "p_embed")])
     was_training = embed.training
     embed.train()  # embedding dropout acts only in training mode

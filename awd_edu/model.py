@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .dropout import LockedDropout, embedded_dropout
-from .weight_drop import WeightDrop
+from .weight_drop import WeightDrop, check_p
 
 # %% auto #0
 __all__ = ['layer_sizes', 'lstm_params', 'parameter_counts', 'count_parameters', 'AWDLSTMOutput', 'detach_hidden', 'AWDLSTM',
@@ -72,12 +72,6 @@ def _check_size(value, name: str) -> int:
         raise ValueError(f"AWDLSTM: {name} must be an int >= 1, got {value!r}")
     return int(value)
 
-
-def _check_p(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"AWDLSTM: {name} must be a probability in [0, 1), got {value!r}")
-    return float(value)
-
 # %% ../nbs/06_model.ipynb #7618b4d0
 class AWDLSTM(nn.Module):
     "AWD-LSTM language model: embedding dropout, locked dropouts, weight-dropped LSTMs, optionally tied decoder."
@@ -96,9 +90,9 @@ class AWDLSTM(nn.Module):
         super().__init__()
         self.vocab_size, self.emb_size = _check_size(vocab_size, "vocab_size"), _check_size(emb_size, "emb_size")
         self.hidden_size, self.n_layers = _check_size(hidden_size, "hidden_size"), _check_size(n_layers, "n_layers")
-        self.dropout, self.dropouth = _check_p(dropout, "dropout"), _check_p(dropouth, "dropouth")
-        self.dropouti, self.dropoute = _check_p(dropouti, "dropouti"), _check_p(dropoute, "dropoute")
-        self.wdrop = _check_p(wdrop, "wdrop")
+        self.dropout, self.dropouth = check_p(dropout, "dropout", "AWDLSTM"), check_p(dropouth, "dropouth", "AWDLSTM")
+        self.dropouti, self.dropoute = check_p(dropouti, "dropouti", "AWDLSTM"), check_p(dropoute, "dropoute", "AWDLSTM")
+        self.wdrop = check_p(wdrop, "wdrop", "AWDLSTM")
         if not isinstance(tie_weights, bool):
             raise TypeError(f"AWDLSTM: tie_weights must be a bool, got {tie_weights!r}")
         self.tie_weights = tie_weights

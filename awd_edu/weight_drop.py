@@ -12,15 +12,17 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['weight_drop_mask', 'WeightDrop', 'weight_drop_explorer', 'weight_drop_figure']
+__all__ = ['check_p', 'weight_drop_mask', 'WeightDrop', 'weight_drop_explorer', 'weight_drop_figure']
 
 # %% ../nbs/01_weight_drop.ipynb #0060d26b
-def _check_p(p, name: str = "dropout", where: str = "WeightDrop"):
-    "Return `p` as a float if it is a number in [0, 1), else raise a TypeError/ValueError naming `name`."
+def check_p(p, name: str = "p", where: str = "WeightDrop") -> float:
+    "`p` as a float if it is a probability of dropping in [0, 1), else a TypeError/ValueError naming `name` and `where`."
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a float in [0, 1), got {p!r} ({type(p).__name__})")
-    if not 0 <= p < 1:
-        raise ValueError(f"{where}: {name} must be in [0, 1) (the probability of dropping a weight), got {p!r}")
+        raise TypeError(f"{where}: {name} must be a float in [0, 1) (the probability of dropping), "
+                        f"got {type(p).__name__} {p!r}")
+    if not 0 <= p < 1:  # also rejects NaN
+        raise ValueError(f"{where}: {name} must be in [0, 1) (the probability of dropping; 1 would drop "
+                         f"everything and divide by zero), got {p!r}")
     return float(p)
 
 
@@ -29,7 +31,7 @@ def weight_drop_mask(weight: torch.Tensor,  # the weight to drop, e.g. `weight_h
                      generator: torch.Generator | None = None,  # random source; default: torch's global one
                     ) -> torch.Tensor:
     "A DropConnect mask shaped like `weight`: 0 with probability `p`, else 1/(1-p) (dtype and device of `weight`)."
-    p = _check_p(p, "p", "weight_drop_mask")
+    p = check_p(p, "p", "weight_drop_mask")
     u = torch.rand(weight.shape, generator=generator, dtype=weight.dtype, device=weight.device)
     return u.ge_(p).div_(1 - p)  # in place: 1 where u >= p (probability 1-p), else 0; then the scale 1/(1-p)
 
@@ -76,7 +78,7 @@ class WeightDrop(nn.Module):
 
     @dropout.setter
     def dropout(self, p):
-        self._dropout = _check_p(p)
+        self._dropout = check_p(p)
 
     def _check_input(self, args, kwargs):
         m = self.module
@@ -214,7 +216,7 @@ def weight_drop_explorer(p: float = 0.5,  # initial drop probability
     "A widget: slider for p and a 'new mask' button; shows the mask on U and the hidden states, weight drop vs naive dropout."
     import ipywidgets as widgets
     import plotly.graph_objects as go
-    p = _check_p(p, "p", "weight_drop_explorer")
+    p = check_p(p, "p", "weight_drop_explorer")
     if p > 0.9: raise ValueError(f"weight_drop_explorer: p must be in [0, 0.9] (the slider's range), got {p}")
     cell, x, g = _explorer_setup(input_size, hidden_size, seq_len, seed)
     noise = list(_explorer_noise(cell, seq_len, g))
@@ -244,7 +246,7 @@ def weight_drop_explorer(p: float = 0.5,  # initial drop probability
 def weight_drop_figure(ps=(0.0, 0.25, 0.5, 0.75),  # the values of p the slider offers
                        hidden_size: int = 16, input_size: int = 8, seq_len: int = 40, seed: int = 0):
     "The explorer without a kernel: a plotly figure with a built-in slider over `ps` (for the docs site)."
-    ps = [_check_p(p, "ps", "weight_drop_figure") for p in ps]
+    ps = [check_p(p, "ps", "weight_drop_figure") for p in ps]
     cell, x, g = _explorer_setup(input_size, hidden_size, seq_len, seed)
     noise = _explorer_noise(cell, seq_len, g)
     datas = [_explorer_data(cell, x, *noise, p) for p in ps]
