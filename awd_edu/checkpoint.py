@@ -91,7 +91,7 @@ def read_metadata(path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for a file that is not safetensors
-        raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); it is damaged "
+        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}); it is damaged "
                               f"or not a weights file") from None
 
 # %% ../nbs/08b_checkpoint.ipynb #4ef47eb9
@@ -117,9 +117,9 @@ def load_weights(model: torch.nn.Module,  # the model to fill in place
     try:
         load_model(model, str(path), strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} does not fit this model: {_first_line(e)}") from None
     except Exception as e:  # a header that reads but a body that does not: a truncated file
-        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path} is damaged ({_first_line(e)})") from None
     return meta
 
 # %% ../nbs/08b_checkpoint.ipynb #61224ffb
@@ -211,7 +211,13 @@ def _read_state(path: Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, OSError or pickle errors for a damaged file
-        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path} is damaged ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    "An error as `Type: first line of its message`, for one-line reports."
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
 
 # %% ../nbs/08b_checkpoint.ipynb #5f83a043
 def load_checkpoint(run_dir,  # the run's folder
