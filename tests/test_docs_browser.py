@@ -457,13 +457,14 @@ def _gpu_cells(nb):
 
 def test_gpu_cells_show_their_code_under_a_label(watched, site):
     "Every `#| gpu` cell of the chapters shows its code, right under a 'Runs on a GPU' label."
+    from playwright.sync_api import expect
     counts = {s: _gpu_cells(json.loads((_built_from(site) / f"{s}.ipynb").read_text(encoding="utf-8"))) for s in CHAPTERS}
     counts = {s: n for s, n in counts.items() if n}
     assert counts, "no chapter has a GPU cell"
     for stem, n in counts.items():
         page = watched.goto(f"{stem}.html")
         cells = page.locator("div.cell.tag_gpu")
-        assert cells.count() == n, f"{stem}: {n} GPU cells in the notebook, {cells.count()} on the page"
+        expect(cells, f"{stem}: {n} GPU cells in the notebook").to_have_count(n)
         for i in range(n):
             assert cells.nth(i).locator(".cell_input pre").is_visible(), f"{stem}: GPU cell {i} shows no code"
             label = cells.nth(i).locator("xpath=preceding-sibling::*[1]")
@@ -494,18 +495,21 @@ def exercise_site(tmp_path_factory):
 
 def test_solution_folds_behind_show_solution(context, exercise_site):
     "A `#| solution` cell shows only 'Show solution'; clicking it unfolds the code and its output."
+    from playwright.sync_api import expect
     watched = Watched(context, exercise_site)
     try:
         page = watched.goto("01_exercise.html")
         toggle = page.locator("div.cell.tag_solution details")
-        assert toggle.count() == 1, "the solution cell is not folded"
-        summary, code = toggle.locator("summary"), toggle.locator(".cell_input pre")
-        assert summary.is_visible() and summary.inner_text().strip() == "Show solution"
-        assert not code.is_visible() and not toggle.locator(".cell_output").is_visible()
+        expect(toggle, "the solution cell is not folded").to_have_count(1)
+        summary, code, output = toggle.locator("summary"), toggle.locator(".cell_input pre"), toggle.locator(".cell_output")
+        expect(summary).to_have_text("Show solution", use_inner_text=True)
+        expect(code).to_be_hidden()
+        expect(output).to_be_hidden()
         summary.click()
-        code.wait_for(state="visible", timeout=5_000)
-        assert "print(6 * 7)" in code.inner_text() and toggle.locator(".cell_output").inner_text().strip() == "42"
-        assert summary.inner_text().strip() == "Hide solution"
+        expect(code).to_be_visible()
+        expect(code).to_contain_text("print(6 * 7)")
+        expect(output).to_have_text("42", use_inner_text=True)
+        expect(summary).to_have_text("Hide solution", use_inner_text=True)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "solution-unfolded.png"), full_page=True)
         watched.assert_clean("exercise page")
