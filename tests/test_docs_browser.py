@@ -438,7 +438,7 @@ def test_figures_fit_the_page(browser, base_url, site, width):
                     if t["left"] < f["left"] - 1 or t["right"] > f["right"] + 1 or t["top"] < f["top"] - 1:
                         bad.append(f"title {t['text']!r} cut off ({t['left']:.0f}-{t['right']:.0f} px in a figure "
                                    f"{f['left']:.0f}-{f['right']:.0f} px)")
-                bad += list(_overlaps(lay["texts"]))
+                bad += list(dict.fromkeys(_overlaps(lay["texts"])))  # once per pair of texts
                 if bad:
                     (ARTIFACTS / "layout").mkdir(parents=True, exist_ok=True)
                     page.locator(f"#{div_id}").screenshot(path=str(ARTIFACTS / "layout" / f"{stem}-{div_id}-{width}.png"))
