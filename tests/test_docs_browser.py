@@ -530,7 +530,7 @@ def test_search_finds_weightdrop(watched):
     hit = page.locator(f"#search-results ul.search li a[href*='{SEARCH_PAGE}']").first
     assert hit.count() == 1, f"searching {SEARCH_TERM!r} does not list {SEARCH_PAGE}"
     hit.click()
-    page.wait_for_url(re.compile(rf"{SEARCH_PAGE}\.html"), timeout=10_000)
+    page.wait_for_url(re.compile(rf"{SEARCH_PAGE}\.html"), wait_until="commit", timeout=10_000)  # then its load, below
     page.wait_for_load_state("networkidle")
     heading = page.locator("article h1, article h2, article h3, article h4").filter(has_text=SEARCH_TERM)
     assert heading.count() > 0, f"{SEARCH_PAGE} has no heading naming {SEARCH_TERM}"
