@@ -42,6 +42,7 @@ html_theme_options = {
         "binderhub_url": "https://mybinder.org",
         "colab_url": "https://colab.research.google.com",
     },
+    "navbar_persistent": [],  # the sidebar has the search field: no second one in a header bar
     "home_page_in_toc": True,
     "show_navbar_depth": 1,
     "show_toc_level": 2,

@@ -1,4 +1,5 @@
-"""The adapter from nbdev's processed notebooks to myst-nb input (tools/docs.py), on small notebooks made here."""
+"""The docs build (tools/docs.py): the adapter from nbdev's processed notebooks to myst-nb input, on small notebooks
+made here, and nbdev's own processing of a small chapter before it."""
 import importlib.util
 import json
 import re
@@ -19,6 +20,10 @@ def _load_tool():
 docs = _load_tool()
 CFG = {"git_url": "https://github.com/org/proj", "branch": "main", "nbs_path": "nbs", "lib_path": "proj",
        "doc_host": "https://org.github.io", "doc_baseurl": "/proj"}
+# nbdev's front matter for a `# title` and `> summary` (FrontmatterProc writes it with yaml.dump: quoted, folded)
+FRONT_MATTER = ("---\ndescription: 'Two penalties on the last LSTM layer''s output: AR keeps the activations\n"
+                "  the decoder sees small, TAR keeps the hidden state from jumping between time steps.'\n"
+                "output-file: regularization.html\ntitle: 'AR and TAR: the model''s penalties'\n\n---\n\n")
 
 
 def code(src, outputs=(), **meta):
@@ -30,16 +35,15 @@ def md(src):
     return {"cell_type": "markdown", "metadata": {}, "source": src}
 
 
-def fm_cell(title="Weight drop: DropConnect on U", description="One mask per batch,\n  shared by every step."):
-    return {"cell_type": "raw", "metadata": {},
-            "source": f"---\ndescription: {description}\noutput-file: weight_drop.html\ntitle: '{title}'\n\n---\n\n"}
+def raw(src=FRONT_MATTER):
+    return {"cell_type": "raw", "metadata": {}, "source": src}
 
 
-def show_doc_output(name="WeightDrop", doc="Apply DropConnect to the named weights.", level=3, source_link=False):
-    text = "---\n\n"
-    if source_link:
-        text += "[source](https://github.com/org/proj/blob/main/proj/x.py#L5){target=\"_blank\" style=\"float:right; font-size:smaller\"}\n\n"
-    text += f"{'#' * level} {name}\n\n```python\n\ndef {name}(\n    module, # the wrapped module\n):\n\n```\n\n*{doc}*"
+def show_doc_output(name="WeightDrop", doc="Apply DropConnect to the named weights.", level=3):
+    "show_doc's markdown as nbdev saves it: a rule, the source link with Quarto attributes, heading, signature, doc."
+    text = ("---\n\n[source](https://github.com/org/proj/blob/main/proj/x.py#L5){target=\"_blank\" "
+            "style=\"float:right; font-size:smaller\"}\n\n"
+            f"{'#' * level} {name}\n\n```python\n\ndef {name}(\n    module, # the wrapped module\n):\n\n\n```\n\n*{doc}*")
     return {"output_type": "execute_result", "execution_count": 1, "metadata": {},
             "data": {"text/markdown": text, "text/plain": f"<{name}>"}}
 
@@ -52,140 +56,121 @@ def srcs(nb):
     return ["".join(c["source"]) for c in nb["cells"]]
 
 
+def code_cells(nb):
+    return {c["source"]: c for c in nb["cells"] if c["cell_type"] == "code"}
+
+
 # ------------------------------------------------------------------------------------------- ordering
 def test_notebooks_in_reading_order(tmp_path):
-    for n in ["10_ptb_gpu", "02_dropout", "index", "00_lstm_gates", "11_cli", "01_weight_drop", "_scratch", ".hidden",
-              "notes"]:
+    "Home page first, then the chapters by number (9 before 10), then the rest; `_` and `.` names skipped."
+    for n in ["10_ptb_gpu", "02_dropout", "index", "9_late", "00_lstm_gates", "11_cli", "01_weight_drop", "_scratch",
+              ".hidden", "notes", "about"]:
         (tmp_path / f"{n}.ipynb").write_text("{}")
     got = [p.stem for p in docs.notebooks(tmp_path)]
-    assert got == ["index", "00_lstm_gates", "01_weight_drop", "02_dropout", "10_ptb_gpu", "11_cli", "notes"]
+    assert got == ["index", "00_lstm_gates", "01_weight_drop", "02_dropout", "9_late", "10_ptb_gpu", "11_cli", "about",
+                   "notes"]
 
 
-def test_chapter_key_orders_by_number_not_text():
-    assert sorted(["9_a", "10_b", "index", "1_c"], key=docs.chapter_key) == ["index", "1_c", "9_a", "10_b"]
+def test_default_exp():
+    assert docs.default_exp(nb_of(code("#| default_exp weight_drop"))) == "weight_drop"
+    assert docs.default_exp(nb_of(md("#| default_exp x"))) is None
 
 
 # ------------------------------------------------------------------------------------------- cell options
-@pytest.mark.parametrize("src,opts,rest", [
-    ("#| echo: false\n#| output: asis\nshow_doc(f)", {"echo": "false", "output": "asis"}, "show_doc(f)"),
-    ("#| hide\nx = 1", {"hide": ""}, "x = 1"),
+@pytest.mark.parametrize("src,directives,rest", [
+    ("#| echo: false\n#| output: asis\nshow_doc(f)", {"echo:": ["false"], "output:": ["asis"]}, "show_doc(f)"),
+    ("#| gpu\nx = 1", {"gpu": []}, "x = 1"),
     ("#|code-fold: show\n#| code-summary: \"Exported source\"\ndef f(): pass",
-     {"code-fold": "show", "code-summary": "exported source"}, "def f(): pass"),
+     {"code-fold:": ["show"], "code-summary:": ['"Exported', 'source"']}, "def f(): pass"),
     ("x = 1  #| not a directive\n#| late: 1", {}, "x = 1  #| not a directive\n#| late: 1"),
+    ("#| solution", {"solution": []}, ""),
 ])
-def test_split_directives(src, opts, rest):
-    assert docs.split_directives(src) == (opts, rest)
+def test_split_directives(src, directives, rest):
+    assert docs.split_directives(src) == (directives, rest)
 
 
-@pytest.mark.parametrize("opts,tags", [
-    ({"echo": "false"}, ["remove-input"]),
-    ({"output": "false"}, ["remove-output"]),
-    ({"include": "false"}, ["remove-cell"]),
-    ({"hide": ""}, ["remove-cell"]),
-    ({"code-fold": "true"}, ["hide-input"]),
-    ({"code-fold": "show"}, []),
-    ({"echo": "false", "output": "false"}, ["remove-input", "remove-output"]),
-    ({"slow": ""}, []),
+@pytest.mark.parametrize("directives,tags", [
+    ({"echo:": ["false"]}, ["remove-input"]),
+    ({"output:": ["false"]}, ["remove-output"]),
+    ({"include:": ["false"]}, ["remove-cell"]),
+    ({"code-fold:": ["true"]}, ["hide-input"]),
+    ({"code-fold:": ["show"]}, []),
+    ({"echo:": ["false"], "output:": ["false"]}, ["remove-input", "remove-output"]),
+    ({"slow": []}, []),
+    ({"gpu": []}, ["gpu"]),
+    ({"solution": []}, ["hide-cell", "solution"]),
 ])
-def test_cell_tags(opts, tags):
-    assert docs.cell_tags(opts) == tags
-
-
-def test_parse_front_matter_folded_and_quoted():
-    fm = docs.parse_front_matter(fm_cell()["source"])
-    assert fm == {"description": "One mask per batch, shared by every step.", "output-file": "weight_drop.html",
-                  "title": "Weight drop: DropConnect on U"}
-    assert docs.parse_front_matter("title: no fences") == {}
-    assert docs.parse_front_matter("---\ntitle: 'It''s here'\n---\n")["title"] == "It's here"
+def test_cell_tags(directives, tags):
+    assert docs.cell_tags(directives) == tags
 
 
 # ------------------------------------------------------------------------------------------- the notebook
 @pytest.fixture()
 def adapted():
     nb = nb_of(
-        fm_cell(),
+        raw(),
         md("<!-- WARNING: THIS FILE WAS AUTOGENERATED! DO NOT EDIT! -->"),
         md("## The idea\n\nSee [`batchify`](https://org.github.io/proj/data.html#batchify) and "
            "[`nothing`](https://org.github.io/proj/data.html#nothing) and [paper](https://arxiv.org/abs/1708.02182)."),
-        code("#| echo: false\n#| output: asis\nshow_doc(WeightDrop)", [show_doc_output()]),
+        code("#| output: asis\n#| echo: false\nshow_doc(WeightDrop)", [show_doc_output()]),
         code("#| echo: false\nprint('shown without its code')",
              [{"output_type": "stream", "name": "stdout", "text": "shown without its code\n"}]),
         code("#| include: false\nsecret = 1"),
-        code("#| hide\nhidden = 2"),
         code("#| slow\nx = 3"),
         code("", []),
     )
     nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     labels = {"proj.data.batchify": "proj.data.batchify"}
-    return docs.adapt_notebook(nb, "01_weight_drop", CFG, module="proj.weight_drop", labels=labels)
+    return docs.adapt_notebook(nb, "05_regularization", CFG, module="proj.weight_drop", labels=labels)
 
 
-def test_front_matter_becomes_title_summary_and_links(adapted):
+def test_front_matter_becomes_title_summary_and_download(adapted):
+    "nbdev's YAML front matter, read as YAML: no quotes, no doubled apostrophes, folded lines joined."
     nb, _ = adapted
     s = srcs(nb)
-    assert s[0] == "# Weight drop: DropConnect on U"
-    assert "awd-summary" in s[1] and "One mask per batch, shared by every step." in s[1]
-    links = s[2]
-    assert "https://github.com/org/proj/blob/main/nbs/01_weight_drop.ipynb" in links
-    assert "https://colab.research.google.com/github/org/proj/blob/main/nbs/01_weight_drop.ipynb" in links
-    assert "https://mybinder.org/v2/gh/org/proj/main?labpath=nbs%2F01_weight_drop.ipynb" in links
-    assert "{download}`Download the notebook <_notebooks/01_weight_drop.ipynb>`" in links
+    assert s[0] == "# AR and TAR: the model's penalties"
+    summary = ("Two penalties on the last LSTM layer's output: AR keeps the activations the decoder sees small, "
+               "TAR keeps the hidden state from jumping between time steps.")
+    assert s[1] == ":::{container} awd-summary\n" + summary + "\n:::"
+    assert s[2] == ":::{container} awd-download\n{download}`Download the notebook <_notebooks/05_regularization.ipynb>`\n:::"
     assert not any(c["cell_type"] == "raw" for c in nb["cells"])
-    assert not any("AUTOGENERATED" in x for x in s)
-    assert nb["metadata"]["myst"]["html_meta"]["description"].startswith("One mask")
+    assert nb["metadata"]["myst"]["html_meta"]["description"] == summary
 
 
-def test_title_cell_kept_when_no_front_matter():
-    nb, _ = docs.adapt_notebook(nb_of(md("# Plain title\nbody"), code("x = 1")), "index", CFG)
+def test_download_link_first_when_no_front_matter():
+    nb, _ = docs.adapt_notebook(nb_of(md("Some text"), code("x = 1")), "index", CFG)
     s = srcs(nb)
-    assert s[0] == "# Plain title\nbody" and "awd-launch" in s[1] and s[2] == "x = 1"
+    assert "awd-download" in s[0] and s[1:] == ["Some text", "x = 1"]
 
 
 def test_show_doc_becomes_labelled_api_section(adapted):
     nb, entries = adapted
-    doc = next(c for c in nb["cells"] if "WeightDrop" in "".join(c["source"]))
+    doc = next(c for c in nb["cells"] if "### WeightDrop" in c["source"])
     assert doc["cell_type"] == "markdown"
-    lines = doc["source"].splitlines()
-    assert lines[0] == "(proj.weight_drop.WeightDrop)="
-    assert lines[1] == "### WeightDrop"  # under an H2 section: level 3 is fine
-    assert not doc["source"].startswith("---")
+    assert doc["source"] == (
+        "[source](https://github.com/org/proj/blob/main/proj/x.py#L5){.awd-source}\n\n"  # floats right of the heading
+        "(proj.weight_drop.WeightDrop)=\n### WeightDrop\n\n"
+        "```python\ndef WeightDrop(\n    module, # the wrapped module\n):\n```\n\n"  # no blank lines inside the fence
+        "*Apply DropConnect to the named weights.*")
     assert entries == [{"name": "WeightDrop", "label": "proj.weight_drop.WeightDrop", "module": "proj.weight_drop",
-                        "summary": "Apply DropConnect to the named weights.", "docname": "01_weight_drop"}]
-
-
-def test_show_doc_heading_never_skips_a_level():
-    nb = nb_of(md("# Title"), code("#| echo: false\n#| output: asis\nshow_doc(f)", [show_doc_output("f", level=4)]))
-    out, _ = docs.adapt_notebook(nb, "x", CFG, module="m")
-    assert docs.headings(srcs(out)[-1]) == [(2, "f")]
-
-
-def test_trim_fences():
-    assert docs.trim_fences("a\n\n```python\n\ndef f(\n\n    x):\n\n\n```\n\nb") == \
-        "a\n\n```python\ndef f(\n\n    x):\n```\n\nb"
-    assert docs.trim_fences("```\nx\n```") == "```\nx\n```"
+                        "summary": "Apply DropConnect to the named weights.", "docname": "05_regularization"}]
+    assert "show_doc(WeightDrop)" not in code_cells(nb)
 
 
 def test_asis_markdown_that_is_not_show_doc_is_inserted_as_is():
     out = {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": "## Results\n\n| a |\n|---|\n| 1 |"}}
-    nb, entries = docs.adapt_notebook(nb_of(md("# T"), code("#| echo: false\n#| output: asis\nprint_table()", [out])), "x", CFG)
+    nb, entries = docs.adapt_notebook(nb_of(code("#| echo: false\n#| output: asis\nprint_table()", [out])), "x", CFG)
     assert srcs(nb)[-1] == "## Results\n\n| a |\n|---|\n| 1 |" and nb["cells"][-1]["cell_type"] == "markdown"
     assert entries == []
 
 
-def test_show_doc_source_link_goes_under_heading():
-    md_, entry = docs.show_doc_markdown(show_doc_output("g", source_link=True)["data"]["text/markdown"], "m", 3)
-    lines = [l for l in md_.splitlines() if l.strip()]
-    assert lines[:3] == ["(m.g)=", "### g", "[source](https://github.com/org/proj/blob/main/proj/x.py#L5){.awd-source}"]
-    assert entry["name"] == "g"
-
-
 def test_quarto_options_become_tags(adapted):
     nb, _ = adapted
-    cells = {"".join(c["source"]): c for c in nb["cells"] if c["cell_type"] == "code"}
+    cells = code_cells(nb)
     assert cells["print('shown without its code')"]["metadata"]["tags"] == ["remove-input"]
-    assert "x = 3" in cells and "tags" not in cells["x = 3"]["metadata"]  # nbdev flags are dropped
-    assert not any("secret" in s or "hidden" in s for s in cells)
-    assert not any(s.lstrip().startswith("#|") for s in cells)
+    assert "x = 3" in cells and "tags" not in cells["x = 3"]["metadata"]  # test flags are not tags
+    assert not any("secret" in s for s in cells)
+    assert not any("#|" in s for s in srcs(nb))
     assert "" not in cells
 
 
@@ -201,8 +186,47 @@ def test_widget_state_dropped_and_cell_ids_unique(adapted):
     nb, _ = adapted
     assert "widgets" not in nb["metadata"]
     ids = [c["id"] for c in nb["cells"]]
-    assert len(ids) == len(set(ids))
+    assert len(ids) == len(set(ids)) == len(nb["cells"])
     json.dumps(nb)  # still plain JSON
+
+
+# ------------------------------------------------------------------------------------------- GPU cells and solutions
+def test_gpu_cell_shows_its_source_under_a_label():
+    "A `#| gpu` cell (not run, no output) keeps its code, tagged `gpu`, right after a 'Runs on a GPU' label."
+    nb, _ = docs.adapt_notebook(nb_of(md("# T"), code("#| gpu\nmodel.cuda().fit()"),
+                                      code("#| gpu\ncheck()", [{"output_type": "stream", "name": "stdout",
+                                                                "text": "no GPU here\n"}])), "x", CFG)
+    i = next(i for i, c in enumerate(nb["cells"]) if c["source"] == "model.cuda().fit()")
+    assert nb["cells"][i]["metadata"]["tags"] == ["gpu"] and nb["cells"][i]["outputs"] == []
+    label = nb["cells"][i - 1]
+    assert label["cell_type"] == "markdown" and "awd-gpu-label" in label["source"]
+    assert "**Runs on a GPU**" in label["source"] and "not run for this page" in label["source"]
+    j = next(i for i, c in enumerate(nb["cells"]) if c["source"] == "check()")
+    assert "**Runs on a GPU**" in nb["cells"][j - 1]["source"] and "not run" not in nb["cells"][j - 1]["source"]
+
+
+def test_solution_cell_folds_behind_show_solution():
+    "A `#| solution` cell: code and output folded by myst-nb (hide-cell) behind 'Show solution'."
+    out = {"output_type": "stream", "name": "stdout", "text": "42\n"}
+    nb, _ = docs.adapt_notebook(nb_of(md("Exercise: print the answer."), code("#| solution\nprint(6 * 7)", [out])),
+                                "x", CFG)
+    cell = code_cells(nb)["print(6 * 7)"]
+    assert cell["metadata"]["tags"] == ["hide-cell", "solution"]
+    assert cell["metadata"]["mystnb"] == {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+    assert cell["outputs"] == [out]
+
+
+def test_nbdev_test_runs_solution_cells_and_skips_gpu_cells(tmp_path):
+    "nbdev_test's runner ignores the unknown `solution` directive (the cell runs) and skips the `gpu` flag."
+    from nbdev.test import test_nb
+    ran = tmp_path / "ran"
+    nb = nb_of(md("# Exercise"), code(f"from pathlib import Path\nran = Path({str(ran)!r})\nran.mkdir()"),
+               code("#| solution\n(ran / 'solution').write_text('ok')"),
+               code("#| gpu\n(ran / 'gpu').write_text('ok')"))
+    p = tmp_path / "exercise.ipynb"
+    p.write_text(json.dumps(nb))
+    ok, _ = test_nb(p, skip_flags=docs.settings()["tst_flags"].split())
+    assert ok and (ran / "solution").is_file() and not (ran / "gpu").exists()
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -255,12 +279,10 @@ def test_progress_bars_dropped_and_live_figures_noted():
         return {"output_type": "display_data", "metadata": {},
                 "data": {docs.WIDGET_MIME: {"model_id": "m"}, "text/plain": plain}}
     bar, live = w(["train epoch 1:   0%|          | 0/3999 [00:00<?, ?row/s]"]), w(["FigureWidget({\n", "'data': []})"])
-    nb, _ = docs.adapt_notebook(nb_of(code("trainer.fit()", [bar, {"output_type": "stream", "name": "stdout",
-                                                                    "text": "epoch 1 done\n"}]), code("live.figure", [live])),
-                                "08_train", CFG)
-    assert nb["cells"][-2]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "epoch 1 done\n"}]
+    stdout = {"output_type": "stream", "name": "stdout", "text": "epoch 1 done\n"}
+    nb, _ = docs.adapt_notebook(nb_of(code("trainer.fit()", [bar, stdout]), code("live.figure", [live])), "08_train", CFG)
+    assert nb["cells"][-2]["outputs"] == [stdout]
     assert "Live figure" in nb["cells"][-1]["outputs"][0]["data"]["text/html"]
-    assert docs.widget_kind({"text/plain": "VBox(children=(IntSlider(value=3),))"}) == "explorer"
 
 
 def test_other_outputs_untouched():
@@ -285,45 +307,50 @@ def test_api_page_links_every_entry():
                 "summary": "Apply DropConnect."},
                {"name": "WeightDrop.forward", "label": "proj.weight_drop.WeightDrop.forward",
                 "module": "proj.weight_drop", "summary": ""}]
-    page = docs.api_page([("01_weight_drop", "01_weight_drop", entries), ("index", "index", [])])
+    page = docs.api_page({"01_weight_drop": entries, "index": []})
     assert page.startswith("# API reference")
     assert "## `proj.weight_drop`" in page and "{doc}`01_weight_drop`" in page
     assert "- [`WeightDrop`](#proj.weight_drop.WeightDrop): Apply DropConnect." in page
-    assert "- [`WeightDrop.forward`](#proj.weight_drop.WeightDrop.forward)" in page
+    assert "- [`WeightDrop.forward`](#proj.weight_drop.WeightDrop.forward)\n" in page
     assert "{doc}`index`" not in page  # a page with no API has no section
 
 
-def test_default_exp():
-    assert docs.default_exp(nb_of(code("#| default_exp weight_drop"))) == "weight_drop"
-    assert docs.default_exp(nb_of(md("#| default_exp x"))) is None
-
-
 # ------------------------------------------------------------------------------------------- with nbdev
-@pytest.mark.filterwarnings("ignore:To exit:UserWarning")  # IPython's note on the CLI guard's SystemExit
-def test_nbdev_processing_then_adapter(tmp_path):
-    "nbdev's own processing of a small chapter, then the adapter: title, hidden cells gone, undocumented export documented."
+SCRATCH_EXPORTS = [
+    "import sys\nif __name__ == '__main__':\n    sys.exit(2)  # a CLI's guard: never run while documenting",
+    "from dataclasses import dataclass\n\n@dataclass\nclass Settings:\n    \"How to double.\"\n    factor: int = 2  # the multiplier",
+    "def twice(x: int,  # the number\n          ) -> int:\n    \"Double `x`.\"\n    return 2 * x",
+]
+
+
+def test_nbdev_processing_then_adapter(tmp_path, monkeypatch):
+    """nbdev's processing of a small chapter, then the adapter: front matter, hidden and export cells gone, the
+    undocumented exports documented by show_doc from the exported module, a GPU cell kept."""
+    (tmp_path / "scratch_mod.py").write_text("\n\n".join(SCRATCH_EXPORTS) + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     src = nb_of(
-        md("# Scratch chapter\n> A summary line."),
+        md("# Scratch chapter\n> The model's summary line: it is long enough for nbdev's YAML writer to fold it over "
+           "two lines and quote it."),
         code("#| default_exp scratch"),
         code("#| hide\nfrom nbdev.showdoc import show_doc"),
         md("## Doubling"),
-        code("#| export\nimport sys\nif __name__ == '__main__':\n    sys.exit(2)  # a CLI's guard: harmless while documenting"),
-        code("#| export\nfrom dataclasses import dataclass\n\n@dataclass\nclass Settings:\n    \"How to double.\"\n    factor: int = 2  # the multiplier"),
-        code("#| export\ndef twice(x: int,  # the number\n          ) -> int:\n    \"Double `x`.\"\n    return 2 * x"),
+        *[code("#| export\n" + s) for s in SCRATCH_EXPORTS],
         code("assert twice(2) == 4"),
+        code("#| gpu\ntwice(torch.ones(1, device='cuda'))"),
     )
     for i, c in enumerate(src["cells"]):
         c["id"] = f"c{i}"
-    p, out = tmp_path / "99_scratch.ipynb", tmp_path / "proc.ipynb"
+    p = tmp_path / "99_scratch.ipynb"
     p.write_text(json.dumps(src))
-    docs.nbdev_process(p, out)
-    processed = json.loads(out.read_text())
+    processed = docs.process(p, "scratch_mod")
     page, entries = docs.adapt_notebook(processed, "99_scratch", docs.settings(), module="awd_edu.scratch")
     s = srcs(page)
-    assert s[0] == "# Scratch chapter" and "A summary line." in s[1]
-    assert not any("show_doc" in x or "default_exp" in x or "#| export" in x for x in s)
+    assert s[0] == "# Scratch chapter" and s[1] == (":::{container} awd-summary\nThe model's summary line: it is long "
+                                                    "enough for nbdev's YAML writer to fold it over two lines and quote it.\n:::")
+    assert not any("show_doc" in x or "default_exp" in x or "#|" in x or "sys.exit" in x for x in s)
     assert [e["name"] for e in entries] == ["Settings", "twice"]  # nbdev documents both; the dataclass too
     assert entries[1]["summary"] == "Double `x`." and entries[0]["summary"] == "How to double."
-    doc = next(x for x in s if x.startswith("(awd_edu.scratch.twice)="))
-    assert "### twice" in doc
+    doc = next(x for x in s if "(awd_edu.scratch.twice)=" in x)
+    assert "(awd_edu.scratch.twice)=\n### twice" in doc and "def twice(" in doc
     assert "assert twice(2) == 4" in s
+    assert code_cells(page)["twice(torch.ones(1, device='cuda'))"]["metadata"]["tags"] == ["gpu"]

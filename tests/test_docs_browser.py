@@ -2,13 +2,17 @@
 
 The site is built from nbs/ once per session with the same function `make docs` runs (tools/docs.py), served on
 127.0.0.1 by a Python http.server thread, and every page is opened as a reader would: it must load with no console
-error, no failed request and no request leaving 127.0.0.1; chapters show their title and a drawn plotly figure;
-plotly sliders move the figure; search finds `WeightDrop`; math is typeset; previous/next follow the reading
-order. Screenshots of every page go to test-artifacts/docs/.
+error, no failed request and no request leaving 127.0.0.1; chapters show their title, summary and a drawn plotly
+figure; plotly sliders move the figure and keep its title; figures follow the page width with no text overlapping, on
+a desktop and on a phone, and no page scrolls sideways; search finds `WeightDrop`; math is typeset; previous/next
+follow the reading order; GPU-only cells are labelled; an exercise's solution folds behind "Show solution" (on a small
+site built from a fixture notebook). Screenshots go to test-artifacts/docs/.
 """
+import contextlib
 import functools
 import http.server
 import importlib.util
+import itertools
 import json
 import re
 import shutil
@@ -43,15 +47,21 @@ def _built_from(site):
     return site.parent / "src" / "_notebooks"
 
 
-def _title(folder, stem):
-    "The notebook's H1 title as plain text."
+def _heading(folder, stem, pattern=r"^#\s+(.+)$"):
+    "The first match of `pattern` (default: the H1 title) in the notebook's markdown, as plain text."
     nb = json.loads((folder / f"{stem}.ipynb").read_text(encoding="utf-8"))
     for c in nb["cells"]:
         if c["cell_type"] == "markdown":
-            m = re.search(r"^#\s+(.+)$", "".join(c["source"]), re.M)
+            m = re.search(pattern, "".join(c["source"]), re.M)
             if m:
                 return re.sub(r"[`*]", "", m.group(1)).strip()
     return None
+
+
+def _plain(text):
+    "Text as typed: Sphinx's typographic quotes and dashes undone, whitespace collapsed."
+    text = text.translate(str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'}))
+    return " ".join(text.replace("\u2014", "---").replace("\u2013", "--").split())
 
 
 def _slider_figures(nb):
@@ -77,15 +87,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="session")
-def base_url(site):
-    "The site served by http.server on 127.0.0.1 (a free port)."
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
+@contextlib.contextmanager
+def _serve(directory):
+    "Serve `directory` by http.server on 127.0.0.1 (a free port), in a thread; gives the base URL."
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(directory)))
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def base_url(site):
+    "The site served on 127.0.0.1."
+    with _serve(site) as url:
+        yield url
 
 
 def _chromium():
@@ -185,21 +202,20 @@ def test_page_loads_clean(watched, site, stem):
     """Every page: no console error, no failed request, nothing fetched from outside; its title; its figures and math
     drawn; links to its notebook (GitHub, Colab, Binder, download). A screenshot of each chapter."""
     page = watched.goto(f"{stem}.html")
-    html = (site / f"{stem}.html").read_text(encoding="utf-8")
-    n_figs = html.count('class="awd-plotly-data"')
-    if n_figs:
-        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length > 0 && "
-                               f"document.querySelectorAll('.js-plotly-plot').length >= {n_figs}", timeout=20_000)
-    n_math = len(re.findall(r'class="math notranslate nohighlight"', html))
-    if n_math:
-        page.wait_for_function(f"document.querySelectorAll('mjx-container').length >= {n_math}", timeout=20_000)
-        assert page.locator("mjx-merror").count() == 0, "MathJax could not typeset some math"
-    page.wait_for_timeout(300)
+    n_figs = _wait_drawn(page, site, stem)
     h1 = page.locator("main h1:visible").first
     assert h1.is_visible(), f"{stem}: no visible title"
+    if stem != "search":  # the search page has its own form too
+        assert page.locator(".search-button-field:visible, form.bd-search:visible").count() == 1, f"{stem}: not one search box"
     if stem in PAGES:
-        want = _title(_built_from(site), stem)
+        want = _heading(_built_from(site), stem)
         assert want and want in h1.inner_text(), f"{stem}: title {h1.inner_text()!r}, notebook says {want!r}"
+        summary = _heading(_built_from(site), stem, r"^>\s+(.+)$")
+        shown = page.locator(".awd-summary")
+        assert shown.count() == (1 if summary else 0), f"{stem}: the notebook's summary line is not under the title"
+        if summary:
+            assert _plain(shown.inner_text()) == _plain(summary), \
+                f"{stem}: summary shown as {shown.inner_text()!r}, notebook says {summary!r}"
     if stem in CHAPTERS:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"{stem}.png"), full_page=True)
@@ -213,16 +229,30 @@ def test_page_loads_clean(watched, site, stem):
     watched.assert_clean(stem)
 
 
+def _wait_drawn(page, site, stem):
+    "Wait until the page's plotly figures are drawn and its math typeset; return the number of figures."
+    html = (site / f"{stem}.html").read_text(encoding="utf-8")
+    n_figs = html.count('class="awd-plotly-data"')
+    if n_figs:
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length > 0 && "
+                               f"document.querySelectorAll('.js-plotly-plot').length >= {n_figs}", timeout=20_000)
+    n_math = len(re.findall(r'class="math notranslate nohighlight"', html))
+    if n_math:
+        page.wait_for_function(f"document.querySelectorAll('mjx-container').length >= {n_math}", timeout=20_000)
+        assert page.locator("mjx-merror").count() == 0, f"{stem}: MathJax could not typeset some math"
+    return n_figs
+
+
 def _check_notebook_links(page, base, site, stem):
-    "Source on GitHub, Colab, Binder, and a download that is the notebook itself."
+    "The theme's buttons to the notebook (GitHub, Colab, Binder), and a download that is the notebook itself."
     cfg = docs.settings()
-    links = page.locator(".awd-launch a")
-    hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    hrefs = page.eval_on_selector_all(".bd-header-article a[href]", "links => links.map(a => a.href)")
     path = f"{cfg['nbs_path']}/{stem}.ipynb"
-    assert f"{cfg['git_url']}/blob/{cfg['branch']}/{path}" in hrefs, hrefs
-    assert any(h.startswith("https://colab.research.google.com/github/") and h.endswith(path) for h in hrefs), hrefs
-    assert any(h.startswith("https://mybinder.org/v2/gh/") for h in hrefs), hrefs
-    dl = page.locator(".awd-launch a.download")
+    repo = cfg["git_url"].split("github.com/", 1)[1]
+    assert any(h.startswith(f"{cfg['git_url']}/blob/{cfg['branch']}/{path}") for h in hrefs), hrefs
+    assert f"https://colab.research.google.com/github/{repo}/blob/{cfg['branch']}/{path}" in hrefs, hrefs
+    assert any(h.startswith(f"https://mybinder.org/v2/gh/{repo}/{cfg['branch']}?") and h.endswith(path) for h in hrefs), hrefs
+    dl = page.locator(".awd-download a.download")
     assert dl.count() == 1, f"{stem}: no download link"
     r = page.request.get(base + dl.get_attribute("href"))
     assert r.ok and r.body() == (_built_from(site) / f"{stem}.ipynb").read_bytes(), \
@@ -239,22 +269,30 @@ def test_math_is_typeset(watched, site):
     watched.assert_clean(with_math[0])
 
 
+def _site_figures(site, stem):
+    "(div id, figure JSON) of every plotly figure of a page of the site."
+    html = (site / f"{stem}.html").read_text(encoding="utf-8")
+    return [(m.group(1), json.loads(m.group(2).replace("<\\/", "</"))) for m in re.finditer(
+        r'<script type="application/json" class="awd-plotly-data" data-target="([^"]+)">(.*?)</script>', html, re.S)]
+
+
 def _site_slider_figures(site):
-    "(page, div id) of every figure in the site whose JSON has a slider."
-    found = []
-    for s in [p.stem for p in docs.notebooks(_built_from(site))]:
-        html = (site / f"{s}.html").read_text(encoding="utf-8")
-        for m in re.finditer(r'<script type="application/json" class="awd-plotly-data" data-target="([^"]+)">(.*?)</script>',
-                             html, re.S):
-            fig = json.loads(m.group(2).replace("<\\/", "</"))
-            if (fig.get("layout") or {}).get("sliders"):
-                found.append((s, m.group(1)))
-    return found
+    "(page, div id, figure JSON) of every figure in the site whose JSON has a slider."
+    return [(s, div_id, fig) for s in [p.stem for p in docs.notebooks(_built_from(site))]
+            for div_id, fig in _site_figures(site, s) if (fig.get("layout") or {}).get("sliders")]
 
 
 _FINGERPRINT = """id => { const gd = document.getElementById(id);
   const layers = [...gd.querySelectorAll('.cartesianlayer, .polarlayer, .pielayer, .layer-above, .g-gtitle')];
   return layers.map(e => e.innerHTML).join('|'); }"""
+# How many times plotly has finished an update of the figure (a slider step's method ends with one of these events).
+_UPDATES = """id => { const gd = document.getElementById(id);
+  if (gd.awdUpdates === undefined) {
+    gd.awdUpdates = 0;
+    for (const ev of ['plotly_update', 'plotly_relayout', 'plotly_restyle', 'plotly_animated']) gd.on(ev, () => gd.awdUpdates++);
+  }
+  return gd.awdUpdates; }"""
+_TITLE = "id => (document.querySelector('#' + id + ' .g-gtitle .gtitle') || {}).textContent || ''"
 
 
 def test_kernel_free_sliders_move_the_figure(watched, site):
@@ -265,12 +303,12 @@ def test_kernel_free_sliders_move_the_figure(watched, site):
     assert in_notebooks > 0, "no chapter has a kernel-free slider figure"
     assert len(on_site) == in_notebooks, f"{in_notebooks} slider figures in the notebooks, {len(on_site)} on the site"
     page = None
-    for stem, div_id in on_site:
+    for stem, div_id, _ in on_site:
         if page is None or not page.url.endswith(f"/{stem}.html"):
             page = watched.goto(f"{stem}.html")
         page.wait_for_selector(f"#{div_id} .slider-container", timeout=20_000)
-        page.locator(f"#{div_id}").scroll_into_view_if_needed()
-        before = page.evaluate(_FINGERPRINT, div_id)
+        page.locator(f"#{div_id} .slider-container").scroll_into_view_if_needed()
+        before, updates = page.evaluate(_FINGERPRINT, div_id), page.evaluate(_UPDATES, div_id)
         active = page.evaluate("id => document.getElementById(id)._fullLayout.sliders[0].active || 0", div_id)
         rail = page.locator(f"#{div_id} .slider-container .slider-rail-rect").first.bounding_box()
         grip = page.locator(f"#{div_id} .slider-container .slider-grip-rect").first.bounding_box()
@@ -285,10 +323,198 @@ def test_kernel_free_sliders_move_the_figure(watched, site):
         page.mouse.up()
         page.wait_for_function(f"id => document.getElementById(id)._fullLayout.sliders[0].active !== {active}",
                                arg=div_id, timeout=5_000)
-        page.wait_for_timeout(300)
+        page.wait_for_function(f"id => document.getElementById(id).awdUpdates > {updates}", arg=div_id, timeout=5_000)
         after = page.evaluate(_FINGERPRINT, div_id)
         assert after != before, f"{stem} #{div_id}: the slider moved but the figure did not change"
     watched.assert_clean("slider pages")
+
+
+def _step_title(step):
+    "The title a slider step sets (`title.text`, or `title` as a dict or a plain string), or None."
+    for args in step.get("args", []):
+        if isinstance(args, dict) and "title.text" in args:
+            return args["title.text"]
+        if isinstance(args, dict) and "title" in args:
+            return args["title"].get("text") if isinstance(args["title"], dict) else args["title"]
+    return None
+
+
+def test_sliders_keep_the_figure_title(watched, site):
+    """Clicking every step of every slider figure: the figure keeps its title, and a step that sets a new title shows
+    it. (plotly.js 3 and later clear the title when a step sets `title` to a plain string: steps set `title.text`.)"""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    failures, page = [], None
+    for stem, div_id, fig in _site_slider_figures(site):
+        if page is None or not page.url.endswith(f"/{stem}.html"):
+            page = watched.goto(f"{stem}.html")
+        page.wait_for_selector(f"#{div_id} .slider-container", timeout=20_000)
+        page.locator(f"#{div_id}").scroll_into_view_if_needed()
+        for i, slider in enumerate(fig["layout"]["sliders"]):
+            steps, where = slider["steps"], f"{stem} #{div_id}"
+            active = page.evaluate(f"id => document.getElementById(id).layout.sliders[{i}].active || 0", div_id)
+            shown = page.evaluate(_TITLE, div_id)
+            if not shown.strip():
+                failures.append(f"{where}: no title before the slider moves")
+            ticks = page.locator(f"#{div_id} .slider-container").nth(i).locator(".slider-tick-rect")
+            assert ticks.count() == len(steps), f"{where}: {ticks.count()} slider ticks for {len(steps)} steps"
+            for k in [k for k in range(len(steps)) if k != active]:
+                step = f"{where}: slider step {steps[k].get('label', k)!r}"
+                ticks.nth(k).scroll_into_view_if_needed()
+                updates, box = page.evaluate(_UPDATES, div_id), ticks.nth(k).bounding_box()
+                page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                try:
+                    page.wait_for_function(f"id => {{ const gd = document.getElementById(id); return "
+                                           f"gd.layout.sliders[{i}].active === {k} && gd.awdUpdates > {updates}; }}",
+                                           arg=div_id, timeout=5_000)
+                except PlaywrightTimeout:
+                    failures.append(f"{step}: clicking it did not update the figure")
+                    break
+                before, shown = shown, page.evaluate(_TITLE, div_id)
+                if not shown.strip():
+                    failures.append(f"{step} leaves the figure with no title (its args set title = "
+                                    f"{_step_title(steps[k])!r}{'' if 'title.text' in str(steps[k]) else ', not title.text'})")
+                elif _step_title(steps[k]) not in (None, _step_title(steps[active])) and shown == before:
+                    failures.append(f"{step} sets a new title, the figure still shows {shown!r}")
+                active = k
+        (ARTIFACTS / "sliders").mkdir(parents=True, exist_ok=True)
+        page.locator(f"#{div_id}").screenshot(path=str(ARTIFACTS / "sliders" / f"{stem}-{div_id}.png"))
+    watched.assert_clean("slider pages")
+    assert not failures, "\n".join(failures)
+
+
+# The text of a drawn plotly figure by kind, with boxes in page pixels; the figure's box; the width it is drawn at
+# and the width of the output area it sits in.
+_FIGURE_LAYOUT = """gd => {
+  const kinds = {'title': '.g-gtitle .gtitle', 'annotation': '.annotation-text',
+                 'axis title': '.infolayer > g[class^="g-"][class$="title"]:not(.g-gtitle) > text',
+                 'tick label': 'g[class$="tick"] > text', 'legend': '.legend .legendtext, .legend .legendtitletext',
+                 'slider label': '.slider-container text'};
+  const box = e => { const r = e.getBoundingClientRect(); return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; };
+  const texts = [];
+  for (const [kind, sel] of Object.entries(kinds))
+    gd.querySelectorAll(sel).forEach(e => {
+      const b = box(e);
+      if (b.right > b.left && b.bottom > b.top && e.textContent.trim() && e.checkVisibility({opacityProperty: true, visibilityProperty: true}))
+        texts.push({kind, text: e.textContent.trim().slice(0, 40), ...b});
+    });
+  return {texts, fig: box(gd.querySelector('.main-svg')), width: gd.querySelector('.main-svg').getBoundingClientRect().width,
+          room: gd.closest('.cell_output, .output, article').getBoundingClientRect().width};
+}"""
+_SIDEWAYS = """() => { const art = document.querySelector('article.bd-article');
+  return [document.documentElement.scrollWidth - window.innerWidth, art ? art.scrollWidth - art.clientWidth : 0]; }"""
+
+
+def _overlaps(texts, slack=2):
+    "Pairs of text boxes that overlap by more than `slack` px both ways (tick labels among themselves excepted)."
+    for a, b in itertools.combinations(texts, 2):
+        if a["kind"] == b["kind"] and a["kind"] in ("tick label", "legend", "slider label"):
+            continue
+        if min(a["right"], b["right"]) - max(a["left"], b["left"]) > slack and \
+                min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) > slack:
+            yield f"{a['kind']} {a['text']!r} overlaps {b['kind']} {b['text']!r}"
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_figures_fit_the_page(browser, base_url, site, width):
+    """At a desktop and a phone width, on every page: no sideways scrolling; each plotly figure as wide as the
+    output area it sits in; its title inside the figure; no text of a figure (title, subplot titles and other
+    annotations, axis titles, tick labels, legend, slider labels) over another."""
+    ctx = browser.new_context(viewport={"width": width, "height": 900})
+    watched, failures = Watched(ctx, base_url), []
+    try:
+        for stem in PAGES + ["api"]:
+            page = watched.goto(f"{stem}.html")
+            _wait_drawn(page, site, stem)
+            page_x, article_x = page.evaluate(_SIDEWAYS)
+            if page_x > 0 or article_x > 0:
+                failures.append(f"{stem}: scrolls sideways (page by {page_x} px, article by {article_x} px)")
+            for div_id, fig in _site_figures(site, stem):
+                lay = page.evaluate(_FIGURE_LAYOUT, page.locator(f"#{div_id}").element_handle())
+                where, bad = f"{stem} #{div_id} ({width} px)", []
+                if abs(lay["width"] - lay["room"]) > 0.06 * lay["room"]:
+                    bad.append(f"drawn {lay['width']:.0f} px wide in an output area of {lay['room']:.0f} px")
+                f = lay["fig"]
+                for t in (t for t in lay["texts"] if t["kind"] == "title"):
+                    if t["left"] < f["left"] - 1 or t["right"] > f["right"] + 1 or t["top"] < f["top"] - 1:
+                        bad.append(f"title {t['text']!r} cut off ({t['left']:.0f}-{t['right']:.0f} px in a figure "
+                                   f"{f['left']:.0f}-{f['right']:.0f} px)")
+                bad += list(dict.fromkeys(_overlaps(lay["texts"])))  # once per pair of texts
+                if bad:
+                    (ARTIFACTS / "layout").mkdir(parents=True, exist_ok=True)
+                    page.locator(f"#{div_id}").screenshot(path=str(ARTIFACTS / "layout" / f"{stem}-{div_id}-{width}.png"))
+                    failures += [f"{where}: {b}" for b in bad]
+        watched.assert_clean(f"pages at {width} px")
+    finally:
+        watched.close()
+        ctx.close()
+    assert not failures, f"{len(failures)} layout problems:\n" + "\n".join(failures)
+
+
+def _gpu_cells(nb):
+    "The number of `#| gpu` code cells of a notebook."
+    return sum("gpu" in docs.split_directives("".join(c["source"]))[0] for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def test_gpu_cells_show_their_code_under_a_label(watched, site):
+    "Every `#| gpu` cell of the chapters shows its code, right under a 'Runs on a GPU' label."
+    from playwright.sync_api import expect
+    counts = {s: _gpu_cells(json.loads((_built_from(site) / f"{s}.ipynb").read_text(encoding="utf-8"))) for s in CHAPTERS}
+    counts = {s: n for s, n in counts.items() if n}
+    assert counts, "no chapter has a GPU cell"
+    for stem, n in counts.items():
+        page = watched.goto(f"{stem}.html")
+        cells = page.locator("div.cell.tag_gpu")
+        expect(cells, f"{stem}: {n} GPU cells in the notebook").to_have_count(n)
+        for i in range(n):
+            assert cells.nth(i).locator(".cell_input pre").is_visible(), f"{stem}: GPU cell {i} shows no code"
+            label = cells.nth(i).locator("xpath=preceding-sibling::*[1]")
+            assert label.is_visible() and "Runs on a GPU" in label.inner_text(), f"{stem}: GPU cell {i} has no label"
+    watched.assert_clean("GPU cells")
+
+
+def _nb(*cells):
+    return {"cells": [{"cell_type": t, "metadata": {}, "source": src, **({"outputs": outs, "execution_count": None}
+                                                                         if t == "code" else {})}
+                      for t, src, outs in cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.fixture(scope="module")
+def exercise_site(tmp_path_factory):
+    "A small site built like the real one from fixture notebooks: a home page, and a chapter with an exercise."
+    nbs = tmp_path_factory.mktemp("exercise_nbs")
+    (nbs / "index.ipynb").write_text(json.dumps(_nb(("markdown", "# Fixture site\n> A home page.", None))))
+    answer = {"output_type": "stream", "name": "stdout", "text": "42\n"}
+    (nbs / "01_exercise.ipynb").write_text(json.dumps(_nb(
+        ("markdown", "# An exercise\n> Try it, then unfold the answer.", None),
+        ("markdown", "**Exercise.** Print six times seven.", None),
+        ("code", "#| solution\nprint(6 * 7)  # the answer", [answer]),
+    )))
+    with _serve(docs.build(tmp_path_factory.mktemp("exercise_build"), nbs=nbs)) as url:
+        yield url
+
+
+def test_solution_folds_behind_show_solution(context, exercise_site):
+    "A `#| solution` cell shows only 'Show solution'; clicking it unfolds the code and its output."
+    from playwright.sync_api import expect
+    watched = Watched(context, exercise_site)
+    try:
+        page = watched.goto("01_exercise.html")
+        toggle = page.locator("div.cell.tag_solution details")
+        expect(toggle, "the solution cell is not folded").to_have_count(1)
+        summary, code, output = toggle.locator("summary"), toggle.locator(".cell_input pre"), toggle.locator(".cell_output")
+        expect(summary).to_have_text("Show solution", use_inner_text=True)
+        expect(code).to_be_hidden()
+        expect(output).to_be_hidden()
+        summary.click()
+        expect(code).to_be_visible()
+        expect(code).to_contain_text("print(6 * 7)")
+        expect(output).to_have_text("42", use_inner_text=True)
+        expect(summary).to_have_text("Hide solution", use_inner_text=True)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "solution-unfolded.png"), full_page=True)
+        watched.assert_clean("exercise page")
+    finally:
+        watched.close()
 
 
 def test_search_finds_weightdrop(watched):
@@ -304,7 +530,7 @@ def test_search_finds_weightdrop(watched):
     hit = page.locator(f"#search-results ul.search li a[href*='{SEARCH_PAGE}']").first
     assert hit.count() == 1, f"searching {SEARCH_TERM!r} does not list {SEARCH_PAGE}"
     hit.click()
-    page.wait_for_url(re.compile(rf"{SEARCH_PAGE}\.html"), timeout=10_000)
+    page.wait_for_url(re.compile(rf"{SEARCH_PAGE}\.html"), wait_until="commit", timeout=10_000)  # then its load, below
     page.wait_for_load_state("networkidle")
     heading = page.locator("article h1, article h2, article h3, article h4").filter(has_text=SEARCH_TERM)
     assert heading.count() > 0, f"{SEARCH_PAGE} has no heading naming {SEARCH_TERM}"
