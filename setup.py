@@ -15,6 +15,7 @@ py_versions = ["3.10", "3.11", "3.12", "3.13"]
 lic = licenses[cfg["license"]]
 min_python = cfg["min_python"]
 requirements = cfg.get("requirements", "").split()
+viz_requirements = cfg.get("viz_requirements", "").split()
 dev_requirements = cfg.get("dev_requirements", "").split()
 docs_requirements = cfg.get("docs_requirements", "").split()
 browser_requirements = cfg.get("browser_requirements", "").split()
@@ -42,8 +43,9 @@ setuptools.setup(
     python_requires=f">={min_python}",
     install_requires=requirements,
     extras_require={
-        "dev": dev_requirements + docs_requirements + browser_requirements,
-        "docs": docs_requirements,
+        "viz": viz_requirements,
+        "dev": viz_requirements + dev_requirements + docs_requirements + browser_requirements,
+        "docs": viz_requirements + docs_requirements,
     },
     entry_points={
         "console_scripts": cfg.get("console_scripts", "").split(),

@@ -1,5 +1,6 @@
 """The project's own promises: environment.yml matches settings.ini, README matches index.ipynb, metadata is whole."""
 import configparser
+import json
 import re
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def env_yml_entries():
 
 def test_environment_yml_lists_every_runtime_and_dev_requirement_with_the_same_bounds():
     conda, pip = env_yml_entries()
-    for req in settings()["requirements"].split():
+    for req in settings()["requirements"].split() + settings()["viz_requirements"].split():
         name, spec = split_req(req)
         conda_name = CONDA_NAMES.get(name, name)
         assert conda_name in conda, f"environment.yml lacks {conda_name} (settings.ini requires {req})"
@@ -74,22 +75,47 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme and re.search(r"^exec make test\s*$", ci, re.M)
 
 
-def test_tst_flags_skip_gpu_and_slow_cells():
-    assert set(settings()["tst_flags"].split()) >= {"gpu", "slow"}
+def test_nbdev_test_skips_the_cells_flagged_in_tst_flags(tmp_path):
+    "A cell flagged with one of settings.ini's tst_flags is skipped by nbdev_test; an unflagged failing cell fails."
+    from nbdev.test import test_nb
+    flags = settings()["tst_flags"].split()
+    assert {"gpu", "slow"} <= set(flags)
+    def nb(*sources):
+        cells = [{"cell_type": "code", "source": s, "metadata": {}, "outputs": [], "execution_count": None}
+                 for s in sources]
+        path = tmp_path / f"nb{len(list(tmp_path.iterdir()))}.ipynb"
+        path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        return path
+    ok, _ = test_nb(nb("x = 1", "#| slow\nraise RuntimeError('a slow cell ran')",
+                       "#| gpu\nraise RuntimeError('a gpu cell ran')"), skip_flags=flags, do_print=False)
+    assert ok
+    ok, _ = test_nb(nb("raise RuntimeError('an ordinary cell must run')"), skip_flags=flags, do_print=False)
+    assert not ok
 
 
-def test_every_numbered_notebook_exports_to_its_module():
-    expected = {"00_lstm_gates": "lstm", "01_weight_drop": "weight_drop", "02_dropout": "dropout", "03_data": "data",
-                "04_bptt": "bptt", "05_regularization": "regularization", "06_model": "model", "07_ntasgd": "ntasgd",
-                "08_train": "train", "09_cache": "cache", "11_cli": "cli"}
-    for nb in sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb")):
-        if nb.stem in expected:
-            assert f"#| default_exp {expected[nb.stem]}" in nb.read_text(), nb.name
-            assert (ROOT / "awd_edu" / f"{expected[nb.stem]}.py").exists()
+def _module_of(nb_path):
+    m = re.search(r"#\|\s*default_exp\s+([\w.]+)", nb_path.read_text())
+    return m.group(1) if m else None
+
+
+def test_every_module_is_made_by_exactly_one_notebook_and_back():
+    made = {}
+    for nb in sorted((ROOT / "nbs").rglob("*.ipynb")):
+        mod = _module_of(nb)
+        if mod:
+            assert mod not in made, f"{mod} is exported by {made.get(mod)} and {nb.name}"
+            made[mod] = nb
+            path = ROOT / "awd_edu" / (mod.replace(".", "/") + ".py")
+            assert path.is_file(), f"{nb.name} exports {mod}, but {path} is missing (run nbdev_export)"
+            assert f"File to edit: ../{'../' * mod.count('.')}nbs/{nb.relative_to(ROOT / 'nbs')}" in path.read_text()
+    generated = {str(p.relative_to(ROOT / "awd_edu"))[:-3].replace("/", ".") for p in (ROOT / "awd_edu").rglob("*.py")
+                 if p.name not in ("__init__.py", "_modidx.py", "__main__.py")}
+    assert generated == set(made), f"modules without a notebook: {sorted(generated - set(made))}"
+    assert {"lstm", "weight_drop", "dropout", "data", "bptt", "regularization", "model", "ntasgd", "loop", "config",
+            "checkpoint", "callbacks", "train", "generate", "cache", "cli"} <= set(made)
 
 
 def test_every_notebook_names_its_kernel():
-    import json
-    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+    for nb in sorted((ROOT / "nbs").rglob("*.ipynb")):
         ks = json.loads(nb.read_text())["metadata"].get("kernelspec", {})
         assert ks.get("name") == "python3", f"{nb.name}: no python3 kernelspec (run it with tools/run_nb.py)"
