@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import torch
 import torch.nn as nn
@@ -14,18 +15,17 @@ import torch.nn.functional as F
 from .weight_drop import check_p
 
 # %% auto #0
-__all__ = ['DEMO_SENTENCE', 'dropout_mask', 'LockedDropout', 'embedded_dropout', 'demo_sequence', 'three_dropouts',
-           'dropout_figure', 'dropout_explorer']
+__all__ = ['dropout_mask', 'LockedDropout', 'embedded_dropout']
 
 # %% ../nbs/02_dropout.ipynb #6a6d297f
 def dropout_mask(x: torch.Tensor,  # a tensor whose dtype and device the mask takes
                  shape,  # the mask's shape; size-1 axes broadcast, so one coin is shared along them
                  p: float,  # probability of dropping, in [0, 1)
                 ) -> torch.Tensor:
-    "A new tensor of `shape` like `x`, each element 0 with probability `p`, else 1/(1-p)."
+    "The scaled mask M/(1-p): a new tensor of `shape` like `x`, each element 0 with probability `p`, else 1/(1-p)."
     p = check_p(p, "p", "dropout_mask")
-    m = x.new_empty(shape).bernoulli_(1 - p)  # m ~ Bernoulli(1-p): 1 keeps, 0 drops
-    return m.div_(1 - p)                      # m / (1-p)
+    M = x.new_empty(shape).bernoulli_(1 - p)  # M ~ Bernoulli(1-p): 1 keeps, 0 drops
+    return M.div_(1 - p)                      # M / (1-p)
 
 # %% ../nbs/02_dropout.ipynb #7928c978
 class LockedDropout(nn.Module):
@@ -50,18 +50,25 @@ class LockedDropout(nn.Module):
         if not self.training or self.p == 0:
             return x
         T, B, F = x.shape
-        m = dropout_mask(x, (1, B, F), self.p)  # one coin per (sequence, feature), (1, B, F)
-        return x * m                             # broadcast over the T time steps
+        mask = dropout_mask(x, (1, B, F), self.p)  # M/(1-p): one coin per (sequence, feature), (1, B, F)
+        return x * mask                             # broadcast over the T time steps
 
     def extra_repr(self) -> str: return f"p={self.p}"
 
 # %% ../nbs/02_dropout.ipynb #c026b7a7
 def embedded_dropout(embed: nn.Embedding,  # the embedding layer; its `weight` (V, d) is masked row by row
                      words: torch.Tensor,  # integer word ids, e.g. (seq_len, batch)
-                     dropout: float = 0.1,  # probability of dropping a word type (a row), in [0, 1)
+                     p: float = 0.1,  # probability of dropping a word type (a row), in [0, 1)
+                     *, dropout: float | None = None,  # deprecated name of `p` (one release), warns
                     ) -> torch.Tensor:
     "Look `words` up in `embed` with whole rows (word types) dropped and the rest scaled by 1/(1-p); plain lookup in eval."
-    p = check_p(dropout, "dropout", "embedded_dropout")
+    if dropout is not None:
+        if p != 0.1 and p != dropout:
+            raise TypeError(f"embedded_dropout: got p={p!r} and its deprecated name dropout={dropout!r}; pass p only")
+        warnings.warn("embedded_dropout(dropout=...) is deprecated and will be removed in the next release; use p=",
+                      DeprecationWarning, stacklevel=2)
+        p = dropout
+    p = check_p(p, "p", "embedded_dropout")
     if not isinstance(embed, nn.Embedding):
         raise TypeError(f"embedded_dropout: embed must be an nn.Embedding, got {type(embed).__name__}")
     if not isinstance(words, torch.Tensor) or words.is_floating_point() or words.is_complex() \
@@ -74,173 +81,7 @@ def embedded_dropout(embed: nn.Embedding,  # the embedding layer; its `weight` (
                          f"got ids from {words.min().item()} to {words.max().item()}")
     E = embed.weight                                   # (V, d)
     if embed.training and p > 0:
-        b = dropout_mask(E, (V, 1), p)                 # one coin per word type: b / (1-p), (V, 1)
-        E = b * E                                      # E~ = diag(b) E / (1-p), (V, d)
+        mask = dropout_mask(E, (V, 1), p)              # M/(1-p): one coin per word type, (V, 1)
+        E = mask * E                                   # E~ = diag(M) E / (1-p), (V, d)
     return F.embedding(words, E, embed.padding_idx, embed.max_norm, embed.norm_type,
                        embed.scale_grad_by_freq, embed.sparse)  # (*words.shape, d)
-
-# %% ../nbs/02_dropout.ipynb #7a8408d8
-DEMO_SENTENCE = "cray research did not want to fund a project that did not include seymour"  # from PTB train
-
-
-def demo_sequence(sentence: str = DEMO_SENTENCE,  # words separated by spaces
-                  emb_size: int = 10,  # features per word
-                  seed: int = 0,  # seed of the random embedding
-                 ) -> tuple:
-    "`(words, ids (T, 1), embed)`: a sentence as ids of its own word types, with an embedding of entries ±(0.5..1)."
-    words = sentence.split()
-    types = list(dict.fromkeys(words))
-    ids = torch.tensor([types.index(w) for w in words])[:, None]  # (T, 1): time first, one sequence
-    g = torch.Generator().manual_seed(seed)
-    sign = torch.randint(0, 2, (len(types), emb_size), generator=g) * 2 - 1
-    embed = nn.Embedding(len(types), emb_size)
-    with torch.no_grad():
-        embed.weight.copy_(sign * (0.5 + 0.5 * torch.rand(len(types), emb_size, generator=g)))
-    return words, ids, embed
-
-
-def _seeded(seed: int, fn):
-    "Run `fn()` with torch's global generator seeded to `seed`, restoring the caller's random state afterwards."
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return fn()
-
-
-def three_dropouts(embed: nn.Embedding,  # the embedding of the sequence
-                   ids: torch.Tensor,  # word ids, (T, B)
-                   p_standard: float,  # standard dropout on the embedded sequence
-                   p_locked: float,  # locked dropout on the embedded sequence
-                   p_embed: float,  # embedding dropout on the rows of `embed`
-                   seed: int = 0,  # masks are drawn from seeds `seed`, `seed+1`, `seed+2`
-                  ) -> dict:
-    "The embedded sequence `(T, B, d)` after each of the three dropouts, as a dict `standard`, `locked`, `embedding`."
-    p_standard, p_locked, p_embed = (check_p(v, name, "three_dropouts") for v, name in
-                                     [(p_standard, "p_standard"), (p_locked, "p_locked"), (p_embed, "p_embed")])
-    was_training = embed.training
-    embed.train()  # embedding dropout acts only in training mode
-    try:
-        with torch.no_grad():
-            h = embed(ids)  # (T, B, d)
-            return dict(standard=_seeded(seed, lambda: F.dropout(h, p_standard, training=True)),
-                        locked=_seeded(seed + 1, lambda: LockedDropout(p_locked)(h)),
-                        embedding=_seeded(seed + 2, lambda: embedded_dropout(embed, ids, p_embed)))
-    finally:
-        embed.train(was_training)
-
-# %% ../nbs/02_dropout.ipynb #529afbe0
-def _panel_title(name: str, p: float, z: torch.Tensor) -> str:
-    return f"{name}, p = {p:.2f}<br>{(z == 0).double().mean().item():.0%} of cells are 0"
-
-
-def _rounded(z: torch.Tensor) -> list:
-    "`z` (T, d) as nested lists (d, T), rounded to 3 decimals (keeps saved figures small; 0 stays exactly 0)."
-    return z.t().double().mul(1000).round().div(1000).tolist()
-
-
-def _heatmap(z: torch.Tensor, p: float, words: list, visible: bool = True):
-    "A heatmap of one sequence `z` (T, d): time across, features down; 0 is white."
-    import plotly.graph_objects as go
-    zmax = 1 / (1 - p)  # the largest |entry| after scaling (the demo's entries are at most 1)
-    return go.Heatmap(z=_rounded(z), zmin=-zmax, zmax=zmax, colorscale="RdBu", showscale=False,
-                      visible=visible, customdata=[words] * z.shape[1],
-                      hovertemplate="%{customdata} (t = %{x})<br>feature %{y}<br>h̃ = %{z:.2f}<extra></extra>")
-
-
-_NAMES = dict(standard="standard dropout", locked="locked dropout", embedding="embedding dropout")
-
-
-def _dropout_layout(fig, words: list, titles: list):
-    T = len(words)
-    for k, title in enumerate(titles):
-        fig.layout.annotations[k].text = title
-    fig.update_xaxes(tickvals=list(range(T)), ticktext=words, tickangle=-60)
-    fig.update_yaxes(title_text="feature", row=1, col=1)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(height=450, margin=dict(t=110, b=90), template="plotly_white",
-                      title=dict(text="h̃ after each dropout (time across, features down); white cells are 0, dropped",
-                                 font=dict(size=14)))
-    return fig
-
-
-def dropout_figure(sentence: str = DEMO_SENTENCE,  # the sequence shown
-                   ps=(0.0, 0.2, 0.4, 0.6, 0.8),  # the values of p on the slider (all three dropouts use the same)
-                   emb_size: int = 10,  # features per word
-                   seed: int = 0,  # seed of the embedding and of the masks
-                   active: int = 2,  # index into `ps` shown first
-                  ):
-    "A plotly figure, no kernel needed: the three dropouts side by side with a built-in slider over `ps`."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    words, ids, embed = demo_sequence(sentence, emb_size, seed)
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=list(_NAMES.values()))
-    titles = []
-    for i, p in enumerate(ps):
-        panels = three_dropouts(embed, ids, p, p, p, seed=1000 + seed)  # one draw, coupled across p
-        titles.append([_panel_title(_NAMES[k], p, z[:, 0]) for k, z in panels.items()])
-        for col, z in enumerate(panels.values(), start=1):
-            fig.add_trace(_heatmap(z[:, 0], p, words, visible=(i == active)), row=1, col=col)
-    _dropout_layout(fig, words, titles[active])
-    steps = []
-    for i, p in enumerate(ps):
-        visible = [j // 3 == i for j in range(3 * len(ps))]
-        annotations = [dict(a.to_plotly_json(), text=t) for a, t in zip(fig.layout.annotations, titles[i])]
-        steps.append(dict(method="update", label=f"{p:.1f}", args=[{"visible": visible}, {"annotations": annotations}]))
-    fig.update_layout(sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix="p = "), pad=dict(t=70))],
-                      height=540, margin=dict(b=150))
-    return fig
-
-# %% ../nbs/02_dropout.ipynb #b21b9390
-def dropout_explorer(sentence: str = DEMO_SENTENCE,  # the sequence shown
-                     p_standard: float = 0.3,  # initial p of each dropout
-                     p_locked: float = 0.3,
-                     p_embed: float = 0.3,
-                     emb_size: int = 10,  # features per word
-                     seed: int = 0,  # seed of the embedding and of the first masks
-                    ):
-    "Widget: the three dropouts side by side, a slider for each p and a resample button; `.sliders`, `.buttons`, `.figure`."
-    import ipywidgets as widgets
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    words, ids, embed = demo_sequence(sentence, emb_size, seed)
-    names = list(_NAMES)
-    sliders = {name: widgets.FloatSlider(value=v, min=0.0, max=0.9, step=0.05, description=f"{name} p",
-                                         continuous_update=False, style=dict(description_width="initial"))
-               for name, v in zip(names, (p_standard, p_locked, p_embed))}
-    buttons = dict(resample=widgets.Button(description="resample", icon="refresh",
-                                           tooltip="draw new masks for all three dropouts"))
-    state = dict(seed=1000 + seed)
-
-    def panels():
-        ps = [sliders[n].value for n in names]
-        return ps, three_dropouts(embed, ids, *ps, seed=state["seed"])
-
-    ps, out = panels()
-    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.03, subplot_titles=names)
-    for col, (name, p) in enumerate(zip(names, ps), start=1):
-        fig.add_trace(_heatmap(out[name][:, 0], p, words), row=1, col=col)
-    _dropout_layout(fig, words, [_panel_title(_NAMES[n], p, out[n][:, 0]) for n, p in zip(names, ps)])
-    figure = go.FigureWidget(fig)
-
-    def redraw(change=None):
-        "Recompute the three panels from the sliders and the current seed; update the figure in place."
-        ps, out = panels()
-        with figure.batch_update():
-            for k, (name, p) in enumerate(zip(names, ps)):
-                z = out[name][:, 0]
-                figure.data[k].z = _rounded(z)
-                figure.data[k].zmin, figure.data[k].zmax = -1 / (1 - p), 1 / (1 - p)
-                figure.layout.annotations[k].text = _panel_title(_NAMES[name], p, z)
-
-    def resample(button=None):
-        "Draw new masks for all three dropouts."
-        state["seed"] += 3
-        redraw()
-
-    for s in sliders.values():
-        s.observe(redraw, names="value")
-    buttons["resample"].on_click(resample)
-    box = widgets.VBox([widgets.HBox(list(sliders.values()) + list(buttons.values())), figure])
-    box.sliders, box.buttons, box.figure = sliders, buttons, figure
-    box.redraw, box.resample = redraw, resample  # the handlers, callable directly (tests do)
-    return box

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['LSTMCell', 'run_gates', 'ScratchLSTM']
+__all__ = ['LSTMCell', 'run_gates', 'ScratchLSTM', 'memory_trace']
 
 # %% ../nbs/00_lstm_gates.ipynb #bdbb72e8
 def _check_int(name: str, value, low: int = 1):
@@ -20,7 +20,7 @@ def _check_int(name: str, value, low: int = 1):
 
 
 class LSTMCell(nn.Module):
-    "One LSTM step, written gate by gate, with nn.LSTM's parameters (`weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`; gates i, f, g, o)."
+    "One LSTM step, written gate by gate, with nn.LSTM's parameters (`weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`; gates i, f, c~, o)."
     def __init__(self,
                  input_size: int,  # I, features of x_t
                  hidden_size: int,  # H, size of h_t and c_t
@@ -30,8 +30,8 @@ class LSTMCell(nn.Module):
         _check_int("input_size", input_size); _check_int("hidden_size", hidden_size)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         H = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size))  # [W^i; W^f; W^g; W^o]
-        self.weight_hh = nn.Parameter(torch.empty(4 * H, H))           # [U^i; U^f; U^g; U^o]
+        self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size))  # W = [W^i; W^f; W^c; W^o]
+        self.weight_hh = nn.Parameter(torch.empty(4 * H, H))           # U = [U^i; U^f; U^c; U^o]
         if bias:
             self.bias_ih = nn.Parameter(torch.empty(4 * H))
             self.bias_hh = nn.Parameter(torch.empty(4 * H))
@@ -53,29 +53,29 @@ class LSTMCell(nn.Module):
               state: tuple | None = None,  # (h_{t-1}, c_{t-1}), each (batch, H); zeros when None
               weight_hh: torch.Tensor | None = None,  # use this (4H, H) matrix instead of `self.weight_hh`
              ) -> dict:
-        "Every intermediate of one step: dict(i=, f=, g=, o=, c=, h=), each (batch, H)."
+        "Every intermediate of one step: dict(i=, f=, c_tilde=, o=, c=, h=), each (batch, H)."
         if x.dim() != 2 or x.shape[1] != self.input_size:
             raise ValueError(f"x must be (batch, input_size={self.input_size}), got shape {tuple(x.shape)}")
         h_prev, c_prev = state if state is not None else (self._zeros(x), self._zeros(x))
-        W_i, W_f, W_g, W_o = self.weight_ih.chunk(4)  # (H, I) each
-        U_i, U_f, U_g, U_o = (self.weight_hh if weight_hh is None else weight_hh).chunk(4)  # (H, H) each
+        W_i, W_f, W_c, W_o = self.weight_ih.chunk(4)  # (H, I) each, in nn.LSTM's gate order i, f, c~, o
+        U_i, U_f, U_c, U_o = (self.weight_hh if weight_hh is None else weight_hh).chunk(4)  # (H, H) each
         if self.bias:
-            b_i, b_f, b_g, b_o = (self.bias_ih + self.bias_hh).chunk(4)  # (H,) each
+            b_i, b_f, b_c, b_o = (self.bias_ih + self.bias_hh).chunk(4)  # (H,) each
         else:
-            b_i = b_f = b_g = b_o = x.new_zeros(self.hidden_size)
+            b_i = b_f = b_c = b_o = x.new_zeros(self.hidden_size)
         # i_t = σ(W^i x_t + U^i h_{t-1} + b^i)
         i = torch.sigmoid(x @ W_i.T + h_prev @ U_i.T + b_i)
         # f_t = σ(W^f x_t + U^f h_{t-1} + b^f)
         f = torch.sigmoid(x @ W_f.T + h_prev @ U_f.T + b_f)
-        # g_t = tanh(W^g x_t + U^g h_{t-1} + b^g)
-        g = torch.tanh(x @ W_g.T + h_prev @ U_g.T + b_g)
+        # c~_t = tanh(W^c x_t + U^c h_{t-1} + b^c)
+        c_tilde = torch.tanh(x @ W_c.T + h_prev @ U_c.T + b_c)
         # o_t = σ(W^o x_t + U^o h_{t-1} + b^o)
         o = torch.sigmoid(x @ W_o.T + h_prev @ U_o.T + b_o)
-        # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
-        c = f * c_prev + i * g
+        # c_t = f_t ⊙ c_{t-1} + i_t ⊙ c~_t
+        c = f * c_prev + i * c_tilde
         # h_t = o_t ⊙ tanh(c_t)
         h = o * torch.tanh(c)
-        return dict(i=i, f=f, g=g, o=o, c=c, h=h)
+        return dict(i=i, f=f, c_tilde=c_tilde, o=o, c=c, h=h)
 
     def step(self, x, state=None, weight_hh=None) -> tuple:
         "One step: `(h_t, c_t)` from `x_t` (batch, I) and `(h_{t-1}, c_{t-1})`; `weight_hh` overrides U for this step."
@@ -95,15 +95,15 @@ def run_gates(cell: LSTMCell,  # the cell to run
               state: tuple | None = None,  # initial (h_0, c_0), each (batch, H)
               weight_hh: torch.Tensor | None = None,  # use this U at every step
              ) -> dict:
-    "Run `cell` over a sequence and stack every intermediate: dict(i=, f=, g=, o=, c=, h=), each (seq_len, batch, H)."
-    if x.dim() != 3:
-        raise ValueError(f"x must be (seq_len, batch, features), got shape {tuple(x.shape)}")
+    "Run `cell` over a sequence and stack every intermediate: dict(i=, f=, c_tilde=, o=, c=, h=), each (seq_len, batch, H)."
+    if x.dim() != 3 or len(x) == 0:
+        raise ValueError(f"x must be (seq_len, batch, features) with seq_len >= 1, got shape {tuple(x.shape)}")
     steps = []
     for x_t in x:  # x_t: (batch, I)
         out = cell.gates(x_t, state, weight_hh)
         state = (out["h"], out["c"])
         steps.append(out)
-    return {k: torch.stack([s[k] for s in steps]) for k in "ifgoch"}
+    return {k: torch.stack([s[k] for s in steps]) for k in steps[0]}  # each (seq_len, batch, H)
 
 
 class ScratchLSTM(nn.Module):
@@ -178,3 +178,18 @@ class ScratchLSTM(nn.Module):
         lstm = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, bias=self.bias).to(w.device, w.dtype)
         lstm.load_state_dict(self.state_dict_torch())
         return lstm
+
+# %% ../nbs/00_lstm_gates.ipynb #a41bcc8f
+def memory_trace(forget_bias: float,  # b^f, the forget gate's bias
+                 steps: int = 60,  # time steps to run
+                ) -> torch.Tensor:
+    "c_t, t = 1..steps, of a 1-unit `LSTMCell` that stores 1 at t=1 and then only forgets, with forget-gate bias `forget_bias`."
+    _check_int("steps", steps)
+    cell = LSTMCell(1, 1).double()
+    with torch.no_grad():
+        cell.weight_hh.zero_(); cell.bias_hh.zero_()                     # U = 0: no recurrence
+        cell.weight_ih.copy_(torch.tensor([[50.], [0.], [50.], [0.]], dtype=torch.float64))  # x=1 opens i and saturates c~; f ignores x
+        cell.bias_ih.copy_(torch.tensor([-25., forget_bias, 0., 0.], dtype=torch.float64))  # i shut at x=0; b^f as given
+        x = torch.zeros(steps, 1, 1, dtype=torch.float64)              # (steps, batch 1, I = 1)
+        x[0] = 1.0                                                       # the single write
+        return run_gates(cell, x)["c"][:, 0, 0]                          # (steps,)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['check_p', 'weight_drop_mask', 'WeightDrop', 'weight_drop_explorer', 'weight_drop_figure']
+__all__ = ['check_p', 'weight_drop_mask', 'WeightDrop']
 
 # %% ../nbs/01_weight_drop.ipynb #0060d26b
 def check_p(p, name: str = "p", where: str = "WeightDrop") -> float:
@@ -30,10 +30,10 @@ def weight_drop_mask(weight: torch.Tensor,  # the weight to drop, e.g. `weight_h
                      p: float,  # probability of dropping each entry, in [0, 1)
                      generator: torch.Generator | None = None,  # random source; default: torch's global one
                     ) -> torch.Tensor:
-    "A DropConnect mask shaped like `weight`: 0 with probability `p`, else 1/(1-p) (dtype and device of `weight`)."
+    "The scaled DropConnect mask M/(1-p) shaped like `weight`: 0 with probability `p`, else 1/(1-p) (dtype and device of `weight`)."
     p = check_p(p, "p", "weight_drop_mask")
     u = torch.rand(weight.shape, generator=generator, dtype=weight.dtype, device=weight.device)
-    return u.ge_(p).div_(1 - p)  # in place: 1 where u >= p (probability 1-p), else 0; then the scale 1/(1-p)
+    return u.ge_(p).div_(1 - p)  # in place: M = 1 where u >= p (probability 1-p), else 0; then M / (1-p)
 
 # %% ../nbs/01_weight_drop.ipynb #a0134a00
 class WeightDrop(nn.Module):
@@ -41,9 +41,16 @@ class WeightDrop(nn.Module):
     def __init__(self,
                  module: nn.Module,  # the module to wrap, e.g. an nn.LSTM, nn.GRU or nn.RNN
                  weights=("weight_hh_l0",),  # names of the module's parameters to drop (a str for one)
-                 dropout: float = 0.5,  # p, the probability of dropping each entry, in [0, 1)
+                 p: float = 0.5,  # the probability of dropping each entry, in [0, 1)
+                 *, dropout: float | None = None,  # deprecated name of `p` (one release), warns
                 ):
         super().__init__()
+        if dropout is not None:
+            if p != 0.5 and p != dropout:
+                raise TypeError(f"WeightDrop: got p={p!r} and its deprecated name dropout={dropout!r}; pass p only")
+            warnings.warn("WeightDrop(dropout=...) is deprecated and will be removed in the next release; use p=",
+                          DeprecationWarning, stacklevel=2)
+            p = dropout
         if not isinstance(module, nn.Module):
             raise TypeError(f"WeightDrop: module must be an nn.Module, got {type(module).__name__}")
         if isinstance(weights, str): weights = (weights,)
@@ -57,8 +64,8 @@ class WeightDrop(nn.Module):
                                  f"{type(module).__name__}, one of {sorted(params)}; got {name!r}")
         if len(set(weights)) != len(weights):
             raise ValueError(f"WeightDrop: weights has repeated names: {weights}")
-        self.module, self.weights, self.dropout = module, weights, dropout
-        self.last_masks = {}  # name -> mask of the last forward call (empty when nothing was dropped)
+        self.module, self.weights, self.p = module, weights, p
+        self.last_masks = {}  # name -> M/(1-p) of the last forward call (empty when nothing was dropped)
         for name in weights:
             raw = params[name]
             del module._parameters[name]                 # the module no longer owns it ...
@@ -72,13 +79,19 @@ class WeightDrop(nn.Module):
             module._init_flat_weights()
 
     @property
-    def dropout(self) -> float:
-        "p, the probability of dropping each weight entry (settable; validated)."
-        return self._dropout
+    def p(self) -> float:
+        "The probability of dropping each weight entry (settable; validated)."
+        return self._p
 
-    @dropout.setter
-    def dropout(self, p):
-        self._dropout = check_p(p)
+    @p.setter
+    def p(self, value):
+        self._p = check_p(value, "p", "WeightDrop")
+
+    @property
+    def dropout(self) -> float:
+        "Deprecated, read-only: the old name of `p`."
+        warnings.warn("WeightDrop.dropout is deprecated; use WeightDrop.p", DeprecationWarning, stacklevel=2)
+        return self._p
 
     def _check_input(self, args, kwargs):
         m = self.module
@@ -91,15 +104,15 @@ class WeightDrop(nn.Module):
                              f"{m.input_size} (or unbatched (seq_len, {m.input_size})), got shape {tuple(x.shape)}")
 
     def _mask(self, raw: torch.Tensor) -> torch.Tensor:
-        return weight_drop_mask(raw, self.dropout)
+        return weight_drop_mask(raw, self.p)
 
     def _weight(self, name: str) -> torch.Tensor:
-        "The tensor the module uses for `name` in this call: M ⊙ U/(1-p) in training, a view of U otherwise."
+        "The tensor the module uses for `name` in this call: (M ⊙ U)/(1-p) in training, a view of U otherwise."
         U = getattr(self, f"{name}_raw")
-        if self.training and self.dropout > 0:
-            M = self._mask(U)
-            self.last_masks[name] = M
-            return U * M
+        if self.training and self.p > 0:
+            mask = self._mask(U)                   # M / (1-p), one draw for the whole call
+            self.last_masks[name] = mask
+            return U * mask
         return U.view_as(U)  # a plain tensor (not an nn.Parameter), so setattr never re-registers it
 
     def forward(self, *args, **kwargs):
@@ -124,139 +137,4 @@ class WeightDrop(nn.Module):
                 setattr(module, name, None)  # never keep a graph-attached tensor in the module between calls
 
     def extra_repr(self) -> str:
-        return f"weights={list(self.weights)}, dropout={self.dropout}"
-
-# %% ../nbs/01_weight_drop.ipynb #df729e78
-def _explorer_setup(input_size: int, hidden_size: int, seq_len: int, seed: int):
-    from awd_edu.lstm import LSTMCell
-    g = torch.Generator().manual_seed(seed)
-    cell = LSTMCell(input_size, hidden_size).double()
-    with torch.no_grad():
-        for w in cell.parameters():  # nn.LSTM's init, from our generator
-            w.uniform_(-hidden_size ** -0.5, hidden_size ** -0.5, generator=g)
-        cell.weight_hh.mul_(3.0)     # a stronger recurrence makes the effect of U easier to see
-    x = torch.randn(seq_len, 1, input_size, generator=g, dtype=torch.float64)  # (T, 1, I)
-    return cell, x, g
-
-
-def _explorer_noise(cell, seq_len: int, g: torch.Generator):
-    "Uniform noise for one 'mask draw': u for the mask on U, v for per-step dropout on h."
-    H = cell.hidden_size
-    return (torch.rand(4 * H, H, generator=g, dtype=torch.float64),
-            torch.rand(seq_len, H, generator=g, dtype=torch.float64))
-
-
-def _explorer_data(cell, x, u, v, p: float) -> dict:
-    "Mask on U, h under weight drop, and the h fed back under naive per-step dropout, for one p."
-    from awd_edu.lstm import run_gates
-    with torch.no_grad():
-        M = (u >= p).double() / (1 - p)                           # same rule as weight_drop_mask, fixed noise
-        h_wd = run_gates(cell, x, weight_hh=cell.weight_hh * M)["h"][:, 0]  # (T, H)
-        state, h_naive = None, []
-        for t, x_t in enumerate(x):
-            h, c = cell.step(x_t, state)
-            keep = (v[t] >= p).double()                            # a new dropout mask on h at every step
-            h = h * keep / (1 - p)
-            h_naive.append(torch.where(keep.bool(), h, torch.nan)[0]); state = (h, c)  # NaN marks a dropped unit
-        d = dict(M=M, h_wd=h_wd.T, h_naive=torch.stack(h_naive).T)  # M: (4H, H); h: (H, T)
-        return {k: v.numpy().round(3) for k, v in d.items()}        # 3 decimals keep the saved page small
-
-
-def _gaps(a) -> list:
-    "`a` as nested lists with NaN as None: plotly draws None as a gap, and JSON (the widget's wire format) has no NaN."
-    return [[None if v != v else v for v in row] for row in a.tolist()]
-
-
-def _explorer_traces(d: dict) -> list:
-    "Three heatmaps: the mask on U, h under weight drop, h fed back under naive dropout."
-    import plotly.graph_objects as go
-    hover_h = "unit %{y}, step %{x}: h = %{z:.2f}<extra></extra>"
-    mask_colors = [[0, "black"], [0.02, "#deebf7"], [1, "#2171b5"]]  # dropped: black; kept: blue, darker = larger 1/(1-p)
-    return [go.Heatmap(z=d["M"], zmin=0, zmax=10.0, colorscale=mask_colors, showscale=False,
-                       hovertemplate="U row %{y}, column %{x}: M = %{z:.2f}<extra></extra>"),
-            go.Heatmap(z=d["h_wd"], zmin=-0.6, zmax=0.6, colorscale="RdBu", showscale=False, hovertemplate=hover_h),
-            go.Heatmap(z=_gaps(d["h_naive"]), zmin=-0.6, zmax=0.6, colorscale="RdBu", colorbar=dict(title="h", len=0.8),
-                       hovertemplate=hover_h)]  # empty (dropped) cells are transparent: the black panel shows
-
-
-def _explorer_title(d: dict, p: float) -> str:
-    import numpy as np
-    zero_naive = np.isnan(d["h_naive"]).mean()
-    return (f"p = {p:.2f}: {(d['M'] == 0).mean():.0%} of U dropped (one mask for all steps); "
-            f"naive: {zero_naive:.0%} of h dropped (black), different units each step")
-
-
-def _explorer_figure(trace_sets: list, d: dict, p: float):
-    "A 1x3 subplot figure holding each set of three traces; title from `d` and `p`."
-    from plotly.subplots import make_subplots
-    H = d["M"].shape[1]
-    fig = make_subplots(rows=1, cols=3, column_widths=[0.22, 0.39, 0.39], horizontal_spacing=0.06,
-                        subplot_titles=[f"mask M on U (4H x H = {4*H} x {H})", "h_t with weight drop",
-                                        "h_t fed back, naive per-step dropout"])
-    for traces in trace_sets:
-        for col, tr in enumerate(traces, start=1):
-            fig.add_trace(tr, row=1, col=col)
-    fig.update_layout(title=_explorer_title(d, p), height=460, template="plotly_white", margin=dict(t=110))
-    fig.add_shape(type="rect", xref="x3 domain", yref="y3 domain", x0=0, x1=1, y0=0, y1=1,
-                  fillcolor="black", line_width=0, layer="below")  # shows through the dropped (NaN) cells
-    fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text="U column", row=1, col=1)
-    fig.update_xaxes(title_text="time step", row=1, col=2); fig.update_xaxes(title_text="time step", row=1, col=3)
-    fig.update_yaxes(title_text="U row (gates i, f, g, o)", row=1, col=1)
-    fig.update_yaxes(title_text="hidden unit", row=1, col=2)
-    return fig
-
-
-def weight_drop_explorer(p: float = 0.5,  # initial drop probability
-                         hidden_size: int = 16,  # H; U is (4H, H)
-                         input_size: int = 8,  # I
-                         seq_len: int = 40,  # T
-                         seed: int = 0,  # seeds the weights, the inputs and the masks
-                        ):
-    "A widget: slider for p and a 'new mask' button; shows the mask on U and the hidden states, weight drop vs naive dropout."
-    import ipywidgets as widgets
-    import plotly.graph_objects as go
-    p = check_p(p, "p", "weight_drop_explorer")
-    if p > 0.9: raise ValueError(f"weight_drop_explorer: p must be in [0, 0.9] (the slider's range), got {p}")
-    cell, x, g = _explorer_setup(input_size, hidden_size, seq_len, seed)
-    noise = list(_explorer_noise(cell, seq_len, g))
-    d = _explorer_data(cell, x, *noise, p)
-    fig = go.FigureWidget(_explorer_figure([_explorer_traces(d)], d, p))
-    slider = widgets.FloatSlider(value=p, min=0.0, max=0.9, step=0.05, description="p", continuous_update=False)
-    button = widgets.Button(description="new mask", tooltip="draw a new mask (a new forward call)")
-
-    def redraw(*_):
-        q = slider.value
-        d = _explorer_data(cell, x, *noise, q)
-        with fig.batch_update():
-            fig.data[0].z, fig.data[1].z, fig.data[2].z = d["M"], d["h_wd"], _gaps(d["h_naive"])
-            fig.layout.title.text = _explorer_title(d, q)
-
-    def new_mask(*_):
-        noise[:] = _explorer_noise(cell, seq_len, g)
-        redraw()
-
-    slider.observe(redraw, names="value")
-    button.on_click(new_mask)
-    box = widgets.VBox([widgets.HBox([slider, button]), fig])
-    box.sliders, box.buttons, box.figure = {"p": slider}, {"new_mask": button}, fig
-    return box
-
-
-def weight_drop_figure(ps=(0.0, 0.25, 0.5, 0.75),  # the values of p the slider offers
-                       hidden_size: int = 16, input_size: int = 8, seq_len: int = 40, seed: int = 0):
-    "The explorer without a kernel: a plotly figure with a built-in slider over `ps` (for the docs site)."
-    ps = [check_p(p, "ps", "weight_drop_figure") for p in ps]
-    cell, x, g = _explorer_setup(input_size, hidden_size, seq_len, seed)
-    noise = _explorer_noise(cell, seq_len, g)
-    datas = [_explorer_data(cell, x, *noise, p) for p in ps]
-    active = len(ps) // 2
-    trace_sets = [_explorer_traces(d) for d in datas]
-    for n, traces in enumerate(trace_sets):
-        for tr in traces: tr.visible = n == active
-    fig = _explorer_figure(trace_sets, datas[active], ps[active])
-    steps = [dict(method="update", label=f"{p:.2f}",
-                  args=[{"visible": [k // 3 == n for k in range(3 * len(ps))]}, {"title.text": _explorer_title(d, p)}])
-             for n, (p, d) in enumerate(zip(ps, datas))]
-    fig.update_layout(sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix="p = "), pad=dict(t=50))])
-    return fig
+        return f"weights={list(self.weights)}, p={self.p}"

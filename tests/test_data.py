@@ -298,3 +298,9 @@ def test_valid_files_are_skipped_and_a_bad_download_never_replaces_a_file(mirror
     assert MirrorHandler.requests == ["/good/ptb.test.txt"]
     assert verify_ptb(dest) == dest
     assert before == {n: (dest / n).stat().st_mtime_ns for n in before}
+
+
+def test_tokenize_puts_eos_after_every_line_and_splits_on_any_whitespace():
+    from awd_edu.data import EOS, tokenize
+    assert tokenize(" a  b\tc \n\nd\n") == ["a", "b", "c", EOS, EOS, "d", EOS]   # an empty line is one <eos>
+    assert tokenize("") == [] and tokenize("x") == ["x", EOS]                # a last line without newline too

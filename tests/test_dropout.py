@@ -327,13 +327,37 @@ def test_embedded_keeps_a_padding_idx_the_user_set():
 
 
 @pytest.mark.parametrize("p", [1.0, -0.1, float("nan")])
-def test_embedded_rejects_bad_dropout(p):
+def test_embedded_rejects_bad_p(p):
     embed, words = make_batch()
-    with pytest.raises(ValueError, match=r"embedded_dropout: dropout must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"embedded_dropout: p must be in \[0, 1\)"):
         embedded_dropout(embed, words, p)
     embed.eval()                                                       # refused in eval mode too
-    with pytest.raises(ValueError, match="dropout must be in"):
+    with pytest.raises(ValueError, match="p must be in"):
         embedded_dropout(embed, words, p)
+
+
+def test_embedded_deprecated_dropout_keyword_is_p_and_warns():
+    embed, words = make_batch()
+    torch.manual_seed(3)
+    with pytest.warns(DeprecationWarning, match="use p="):
+        old = embedded_dropout(embed, words, dropout=0.5)
+    torch.manual_seed(3)
+    assert torch.equal(old, embedded_dropout(embed, words, p=0.5))     # the same draw as with p
+    assert (old == 0).all(-1).any()                                    # and it did drop
+    with pytest.raises(TypeError, match="pass p only"):
+        embedded_dropout(embed, words, p=0.2, dropout=0.3)
+    with pytest.raises(TypeError):
+        embedded_dropout(embed, words, 0.1, 0.3)                       # the alias is keyword-only
+
+
+def test_embedded_positional_p_does_not_warn():
+    "awd_edu.model passes p positionally: no warning there."
+    embed, words = make_batch()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        embedded_dropout(embed, words, 0.1)
+        embedded_dropout(embed, words, p=0.1)
 
 
 @pytest.mark.parametrize("words", [torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.bool), [[0, 1]]])

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from awd_edu.lstm import LSTMCell, ScratchLSTM, run_gates
+import math
+
+from awd_edu.lstm import LSTMCell, ScratchLSTM, memory_trace, run_gates
 
 TOL = 1e-10
 
@@ -60,15 +62,15 @@ def test_cell_matches_nn_lstmcell_and_gates_are_the_equations():
     h_ref, c_ref = ref(x, (h0, c0))
     assert (h - h_ref).abs().max() < TOL and (c - c_ref).abs().max() < TOL
     out = cell.gates(x, (h0, c0))
-    assert set(out) == set("ifgoch") and all(v.shape == (3, 7) for v in out.values())
-    # gate order i, f, g, o in nn.LSTM's stacked layout: recompute each gate from its rows
+    assert set(out) == {"i", "f", "c_tilde", "o", "c", "h"} and all(v.shape == (3, 7) for v in out.values())
+    # gate order i, f, c~, o in nn.LSTM's stacked layout: recompute each gate from its rows
     pre = x @ cell.weight_ih.T + h0 @ cell.weight_hh.T + cell.bias_ih + cell.bias_hh  # (3, 4H)
-    i, f, g, o = pre.chunk(4, dim=1)
+    i, f, c_tilde, o = pre.chunk(4, dim=1)
     assert torch.allclose(out["i"], torch.sigmoid(i), atol=TOL)
     assert torch.allclose(out["f"], torch.sigmoid(f), atol=TOL)
-    assert torch.allclose(out["g"], torch.tanh(g), atol=TOL)
+    assert torch.allclose(out["c_tilde"], torch.tanh(c_tilde), atol=TOL)
     assert torch.allclose(out["o"], torch.sigmoid(o), atol=TOL)
-    assert torch.allclose(out["c"], out["f"] * c0 + out["i"] * out["g"], atol=TOL)
+    assert torch.allclose(out["c"], out["f"] * c0 + out["i"] * out["c_tilde"], atol=TOL)
     assert torch.allclose(out["h"], out["o"] * torch.tanh(out["c"]), atol=TOL)
 
 
@@ -115,16 +117,37 @@ def test_step_with_weight_hh_override():
     assert not torch.equal(h1, cell.step(x, state)[0])  # the override is really used
 
 
-def test_run_gates_matches_scratch_lstm():
+def test_run_gates_matches_nn_lstm():
     torch.manual_seed(5)
     lstm = ScratchLSTM(3, 4).double()
     x = torch.randn(6, 2, 3, dtype=torch.float64)
     acts = run_gates(lstm.cells[0], x)
-    assert all(v.shape == (6, 2, 4) for v in acts.values())
-    y, (h_n, c_n) = lstm(x)
-    assert torch.equal(acts["h"], y) and torch.equal(acts["c"][-1], c_n[0])
+    assert list(acts) == ["i", "f", "c_tilde", "o", "c", "h"] and all(v.shape == (6, 2, 4) for v in acts.values())
+    y, (h_n, c_n) = lstm.to_torch()(x)                     # the reference, not our own ScratchLSTM
+    assert (acts["h"] - y).abs().max() < TOL and (acts["c"][-1] - c_n[0]).abs().max() < TOL
     with pytest.raises(ValueError, match="seq_len, batch"):
         run_gates(lstm.cells[0], x[0])
+    with pytest.raises(ValueError, match="seq_len >= 1"):
+        run_gates(lstm.cells[0], x[:0])
+
+
+@pytest.mark.parametrize("b", [-1.0, 0.0, 3.0, 4.27])
+def test_memory_trace_is_one_write_then_pure_decay_by_sigma_b(b):
+    c = memory_trace(b, steps=40)
+    f = 1 / (1 + math.exp(-b))                            # computed here with math, not with torch
+    assert c.shape == (40,) and c.dtype == torch.float64
+    assert abs(c[0].item() - 1) < 1e-9                    # the write
+    for t in (1, 10, 39):
+        assert abs(c[t].item() - f ** t) < 1e-9           # c_{t+1} = f^t c_1, to float64 precision
+
+
+def test_memory_trace_half_life_for_a_non_integer_bias():
+    "A bias that float32 cannot hold exactly still gives the half-life the formula promises."
+    f = 0.5 ** (1 / 50)
+    c = memory_trace(math.log(f / (1 - f)), steps=51)
+    assert abs(c[50].item() - 0.5) < 1e-9
+    with pytest.raises(ValueError, match="steps"):
+        memory_trace(1.0, steps=0)
 
 
 def test_to_torch_round_trip_and_unbatched_input():

@@ -31,7 +31,7 @@ class PerStepMask(WeightDrop):
 class Unscaled(WeightDrop):
     "WRONG: drops entries but does not divide by 1 - p."
     def _mask(self, U):
-        return (torch.rand_like(U) >= self.dropout).to(U.dtype)
+        return (torch.rand_like(U) >= self.p).to(U.dtype)
 
 
 def fused_equals_stepwise(wd, x, tol=1e-10):
@@ -43,7 +43,7 @@ def fused_equals_stepwise(wd, x, tol=1e-10):
         for n in ("weight_ih", "bias_ih", "bias_hh"):
             getattr(cell, n).copy_(getattr(m, f"{n}_l0"))
     keep = wd.last_masks["weight_hh_l0"] != 0
-    U_tilde = wd.weight_hh_l0_raw * keep / (1 - wd.dropout)
+    U_tilde = (keep * wd.weight_hh_l0_raw) / (1 - wd.p)
     y_steps = run_gates(cell, x, weight_hh=U_tilde)["h"]
     return bool((y - y_steps).abs().max() < tol)
 
@@ -81,7 +81,7 @@ def test_weight_drop_mask_values_rate_and_generator():
 def test_p0_equals_wrapped_module_exactly(Module):
     torch.manual_seed(0)
     plain = Module(6, 10, num_layers=2).double()
-    wd = WeightDrop(copy.deepcopy(plain), ("weight_hh_l0", "weight_hh_l1"), dropout=0.0)
+    wd = WeightDrop(copy.deepcopy(plain), ("weight_hh_l0", "weight_hh_l1"), p=0.0)
     x = torch.randn(7, 3, 6, dtype=torch.float64)
     y, h = wd(x)
     y_ref, h_ref = plain(x)
@@ -94,19 +94,19 @@ def test_p0_equals_wrapped_module_exactly(Module):
 
 @pytest.mark.parametrize("seq_len,batch", [(1, 1), (25, 1), (25, 4)])
 def test_same_mask_at_every_time_step(seq_len, batch):
-    wd = WeightDrop(_lstm64(1), dropout=0.5)
+    wd = WeightDrop(_lstm64(1), p=0.5)
     x = torch.randn(seq_len, batch, 6, dtype=torch.float64)
     assert fused_equals_stepwise(wd, x)
 
 
 def test_stepwise_proof_catches_a_per_step_mask_and_a_missing_scale():
     x = torch.randn(25, 3, 6, dtype=torch.float64)
-    assert not fused_equals_stepwise(PerStepMask(_lstm64(1), dropout=0.5), x)
-    assert not fused_equals_stepwise(Unscaled(_lstm64(1), dropout=0.5), x)
+    assert not fused_equals_stepwise(PerStepMask(_lstm64(1), p=0.5), x)
+    assert not fused_equals_stepwise(Unscaled(_lstm64(1), p=0.5), x)
 
 
 def test_a_new_mask_on_every_call():
-    wd = WeightDrop(_lstm64(2), dropout=0.5)
+    wd = WeightDrop(_lstm64(2), p=0.5)
     x = torch.randn(5, 2, 6, dtype=torch.float64)
     y1, _ = wd(x); M1 = wd.last_masks["weight_hh_l0"]
     y2, _ = wd(x); M2 = wd.last_masks["weight_hh_l0"]
@@ -116,7 +116,7 @@ def test_a_new_mask_on_every_call():
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.7, 0.9])
 def test_empirical_drop_rate_matches_p(p):
     torch.manual_seed(3)
-    wd = WeightDrop(nn.LSTM(4, 64), dropout=p)  # weight_hh: 256 x 64 = 16,384 entries
+    wd = WeightDrop(nn.LSTM(4, 64), p=p)  # weight_hh: 256 x 64 = 16,384 entries
     wd(torch.randn(3, 2, 4))
     rate = (wd.last_masks["weight_hh_l0"] == 0).float().mean().item()
     assert abs(rate - p) < 0.02  # std sqrt(p(1-p)/16384) <= 0.0039: 0.02 is > 5 std
@@ -126,19 +126,19 @@ def test_mask_is_unbiased_and_a_missing_scale_is_caught():
     x = torch.randn(2, 1, 6, dtype=torch.float64)
     torch.manual_seed(4)
     # E[M] = 1: 100 calls x 400 entries, std sqrt(p/(1-p)/40000) = 0.005 at p = 0.5; tolerance 0.03
-    assert abs(mean_mask(WeightDrop(_lstm64(4), dropout=0.5), x) - 1) < 0.03
-    assert abs(mean_mask(Unscaled(_lstm64(4), dropout=0.5), x) - 1) > 0.3
+    assert abs(mean_mask(WeightDrop(_lstm64(4), p=0.5), x) - 1) < 0.03
+    assert abs(mean_mask(Unscaled(_lstm64(4), p=0.5), x) - 1) > 0.3
 
 
 def test_mask_values_are_zero_or_inverse_keep_probability():
-    wd = WeightDrop(_lstm64(5), dropout=0.25)
+    wd = WeightDrop(_lstm64(5), p=0.25)
     wd(torch.randn(3, 2, 6, dtype=torch.float64))
     M = wd.last_masks["weight_hh_l0"]
     assert torch.all((M == 0) | ((M - 1 / 0.75).abs() < 1e-12))
 
 
 def test_gradients_reach_raw_weights_and_are_zero_where_dropped():
-    wd = WeightDrop(_lstm64(6), dropout=0.5)
+    wd = WeightDrop(_lstm64(6), p=0.5)
     y, (h, c) = wd(torch.randn(6, 3, 6, dtype=torch.float64))
     (y.pow(2).sum() + c.sum()).backward()
     G, M = wd.weight_hh_l0_raw.grad, wd.last_masks["weight_hh_l0"]
@@ -150,7 +150,7 @@ def test_gradients_reach_raw_weights_and_are_zero_where_dropped():
 
 def test_gradient_equals_stepwise_gradient():
     "The fused backward through M ⊙ U / (1-p) equals autograd through chapter 00's cell with the same mask."
-    wd = WeightDrop(_lstm64(7), dropout=0.4)
+    wd = WeightDrop(_lstm64(7), p=0.4)
     x = torch.randn(5, 2, 6, dtype=torch.float64)
     y, _ = wd(x)
     g_fused, = torch.autograd.grad(y.sum(), [wd.weight_hh_l0_raw])
@@ -168,7 +168,7 @@ def test_gradient_equals_stepwise_gradient():
 def test_eval_uses_raw_weights_deterministically_over_cycles():
     torch.manual_seed(8)
     plain = nn.LSTM(6, 10, num_layers=2).double()
-    wd = WeightDrop(copy.deepcopy(plain), ("weight_hh_l0", "weight_hh_l1"), dropout=0.6)
+    wd = WeightDrop(copy.deepcopy(plain), ("weight_hh_l0", "weight_hh_l1"), p=0.6)
     x = torch.randn(7, 2, 6, dtype=torch.float64)
     names = [n for n, _ in wd.named_parameters()]
     n_params = sum(p.numel() for p in wd.parameters())
@@ -185,7 +185,7 @@ def test_eval_uses_raw_weights_deterministically_over_cycles():
 
 
 def test_multi_layer_drops_each_named_weight_only():
-    wd = WeightDrop(_lstm64(9, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), dropout=0.5)
+    wd = WeightDrop(_lstm64(9, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), p=0.5)
     wd(torch.randn(4, 2, 6, dtype=torch.float64))
     assert set(wd.last_masks) == {"weight_hh_l0", "weight_hh_l1"}
     assert not torch.equal(wd.last_masks["weight_hh_l0"], wd.last_masks["weight_hh_l1"])
@@ -196,7 +196,7 @@ def test_multi_layer_drops_each_named_weight_only():
 
 def test_only_one_layer_dropped_leaves_the_other_untouched():
     plain = _lstm64(10, num_layers=2)
-    wd = WeightDrop(copy.deepcopy(plain), ("weight_hh_l1",), dropout=0.5)
+    wd = WeightDrop(copy.deepcopy(plain), ("weight_hh_l1",), p=0.5)
     x = torch.randn(4, 2, 6, dtype=torch.float64)
     _, (h, _) = wd(x)
     _, (h_ref, _) = plain(x)
@@ -207,7 +207,7 @@ def test_only_one_layer_dropped_leaves_the_other_untouched():
 def test_gru_and_rnn(Module):
     torch.manual_seed(11)
     plain = Module(6, 10).double()
-    wd = WeightDrop(copy.deepcopy(plain), dropout=0.5)
+    wd = WeightDrop(copy.deepcopy(plain), p=0.5)
     x = torch.randn(5, 2, 6, dtype=torch.float64)
     y, _ = wd(x)
     assert not torch.equal(y, plain(x)[0])
@@ -224,7 +224,7 @@ def test_gru_and_rnn(Module):
 
 # ---- engineering ----
 def test_no_warnings_on_any_call():
-    wd = WeightDrop(nn.LSTM(6, 10, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), dropout=0.5)
+    wd = WeightDrop(nn.LSTM(6, 10, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), p=0.5)
     x = torch.randn(5, 2, 6)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -238,7 +238,7 @@ def test_no_warnings_on_any_call():
 
 def test_uses_the_fused_kernel_not_a_python_loop():
     "One call runs one aten::lstm op (the fused kernel), not one op per time step."
-    wd = WeightDrop(nn.LSTM(6, 10), dropout=0.5)
+    wd = WeightDrop(nn.LSTM(6, 10), p=0.5)
     x = torch.randn(12, 2, 6)
     with torch.profiler.profile() as prof:
         wd(x)
@@ -250,7 +250,7 @@ def test_uses_the_fused_kernel_not_a_python_loop():
 def test_forward_never_reflattens_or_moves_parameters():
     "No flatten_parameters() during calls (on a GPU it would re-point the parameters' storage mid-graph)."
     lstm = nn.LSTM(6, 10, num_layers=2)
-    wd = WeightDrop(lstm, ("weight_hh_l0", "weight_hh_l1"), dropout=0.5)
+    wd = WeightDrop(lstm, ("weight_hh_l0", "weight_hh_l1"), p=0.5)
     calls = []
     original = type(lstm).flatten_parameters
     lstm.flatten_parameters = lambda: (calls.append(1), original(lstm))
@@ -265,14 +265,14 @@ def test_forward_never_reflattens_or_moves_parameters():
 
 def test_state_dict_round_trip_into_fresh_wrapper():
     torch.manual_seed(12)
-    wd = WeightDrop(nn.LSTM(6, 10, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), dropout=0.5)
+    wd = WeightDrop(nn.LSTM(6, 10, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), p=0.5)
     wd(torch.randn(3, 2, 6))  # a training call first: nothing of it may leak into the state
     sd = wd.state_dict()
     assert set(sd) == {"weight_hh_l0_raw", "weight_hh_l1_raw", "module.weight_ih_l0", "module.bias_ih_l0",
                        "module.bias_hh_l0", "module.weight_ih_l1", "module.bias_ih_l1", "module.bias_hh_l1"}
     buf = io.BytesIO()
     torch.save(sd, buf); buf.seek(0)
-    fresh = WeightDrop(nn.LSTM(6, 10, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), dropout=0.5)
+    fresh = WeightDrop(nn.LSTM(6, 10, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), p=0.5)
     fresh.load_state_dict(torch.load(buf))
     x = torch.randn(4, 3, 6)
     wd.eval(); fresh.eval()
@@ -280,7 +280,7 @@ def test_state_dict_round_trip_into_fresh_wrapper():
 
 
 def test_whole_module_pickle_and_deepcopy_after_a_training_call():
-    wd = WeightDrop(nn.LSTM(6, 10), dropout=0.5)
+    wd = WeightDrop(nn.LSTM(6, 10), p=0.5)
     x = torch.randn(3, 2, 6)
     y, _ = wd(x)  # graph still alive
     twin = copy.deepcopy(wd)
@@ -297,7 +297,7 @@ def test_whole_module_pickle_and_deepcopy_after_a_training_call():
 
 
 def test_to_dtype_and_device():
-    wd = WeightDrop(nn.LSTM(6, 10), dropout=0.5)
+    wd = WeightDrop(nn.LSTM(6, 10), p=0.5)
     wd64 = copy.deepcopy(wd).to(torch.float64)
     assert wd64.weight_hh_l0_raw.dtype == torch.float64 and wd64.module.weight_ih_l0.dtype == torch.float64
     y, _ = wd64(torch.randn(3, 2, 6, dtype=torch.float64))
@@ -307,7 +307,7 @@ def test_to_dtype_and_device():
 
 
 def test_no_grad_in_training_and_eval():
-    wd = WeightDrop(nn.LSTM(6, 10), dropout=0.5)
+    wd = WeightDrop(nn.LSTM(6, 10), p=0.5)
     x = torch.randn(3, 2, 6)
     with torch.no_grad():
         y, _ = wd(x)
@@ -321,7 +321,7 @@ def test_optimizer_built_before_wrapping_still_trains_the_raw_weight():
     lstm = nn.LSTM(6, 10)
     opt = torch.optim.SGD(lstm.parameters(), lr=0.1)
     U = lstm.weight_hh_l0
-    wd = WeightDrop(lstm, dropout=0.5)
+    wd = WeightDrop(lstm, p=0.5)
     assert wd.weight_hh_l0_raw is U
     before = U.detach().clone()
     wd(torch.randn(3, 2, 6))[0].sum().backward()
@@ -330,7 +330,7 @@ def test_optimizer_built_before_wrapping_still_trains_the_raw_weight():
 
 
 def test_hidden_state_and_keyword_input_pass_through():
-    wd = WeightDrop(_lstm64(13), dropout=0.3)
+    wd = WeightDrop(_lstm64(13), p=0.3)
     x = torch.randn(4, 2, 6, dtype=torch.float64)
     state = (torch.zeros(1, 2, 10, dtype=torch.float64), torch.zeros(1, 2, 10, dtype=torch.float64))
     wd.eval()
@@ -340,31 +340,70 @@ def test_hidden_state_and_keyword_input_pass_through():
 def test_batch_first_module():
     torch.manual_seed(14)
     plain = nn.LSTM(6, 10, batch_first=True).double()
-    wd = WeightDrop(copy.deepcopy(plain), dropout=0.0)
+    wd = WeightDrop(copy.deepcopy(plain), p=0.0)
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     assert torch.equal(wd(x)[0], plain(x)[0])
 
 
 # ---- errors ----
 @pytest.mark.parametrize("p", [1.0, 1.5, -0.1])
-def test_dropout_out_of_range(p):
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\).*got " + str(p)):
-        WeightDrop(nn.LSTM(6, 10), dropout=p)
+def test_p_out_of_range(p):
+    with pytest.raises(ValueError, match=r"WeightDrop: p must be in \[0, 1\).*got " + str(p)):
+        WeightDrop(nn.LSTM(6, 10), p=p)
 
 
 @pytest.mark.parametrize("p", ["0.5", True, None])
-def test_dropout_wrong_type(p):
-    with pytest.raises(TypeError, match="dropout"):
-        WeightDrop(nn.LSTM(6, 10), dropout=p)
+def test_p_wrong_type(p):
+    with pytest.raises(TypeError, match="WeightDrop: p must be a float"):
+        WeightDrop(nn.LSTM(6, 10), p=p)
 
 
-def test_dropout_setter_validates():
-    wd = WeightDrop(nn.LSTM(6, 10), dropout=0.5)
-    wd.dropout = 0.2
-    assert wd.dropout == 0.2
-    with pytest.raises(ValueError, match="dropout"):
-        wd.dropout = 1.0
-    assert wd.dropout == 0.2
+def test_p_setter_validates():
+    wd = WeightDrop(nn.LSTM(6, 10), p=0.5)
+    wd.p = 0.2
+    assert wd.p == 0.2 and "p=0.2" in repr(wd)
+    with pytest.raises(ValueError, match="p must be in"):
+        wd.p = 1.0
+    assert wd.p == 0.2
+
+
+def test_p_is_the_third_positional_argument():
+    "model.py and older code pass the probability positionally: it is p."
+    wd = WeightDrop(nn.LSTM(6, 10), ("weight_hh_l0",), 0.3)
+    assert wd.p == 0.3
+
+
+# ---- the deprecated name `dropout` (kept for one release)
+def test_deprecated_dropout_keyword_sets_p_and_warns_naming_p():
+    with pytest.warns(DeprecationWarning, match="use p="):
+        wd = WeightDrop(nn.LSTM(6, 10), dropout=0.3)
+    assert wd.p == 0.3
+    wd(torch.randn(3, 2, 6))
+    rate = (wd.last_masks["weight_hh_l0"] == 0).float().mean().item()
+    assert 0.2 < rate < 0.4                                   # 1,600 entries at p = 0.3: the alias really drops
+
+
+def test_deprecated_dropout_keyword_is_validated_and_conflicts_are_refused():
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="p must be in"):
+        WeightDrop(nn.LSTM(6, 10), dropout=1.0)
+    with pytest.raises(TypeError, match="pass p only"):
+        WeightDrop(nn.LSTM(6, 10), p=0.2, dropout=0.3)
+    with pytest.raises(TypeError):
+        WeightDrop(nn.LSTM(6, 10), ("weight_hh_l0",), 0.5, 0.3)  # the alias is keyword-only
+
+
+def test_deprecated_dropout_attribute_reads_p_and_warns():
+    wd = WeightDrop(nn.LSTM(6, 10), p=0.4)
+    with pytest.warns(DeprecationWarning, match="WeightDrop.p"):
+        assert wd.dropout == 0.4
+    with pytest.raises(AttributeError):
+        wd.dropout = 0.1                                      # read-only: set p instead
+
+
+def test_p_keyword_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WeightDrop(nn.LSTM(6, 10), p=0.3).p
 
 
 def test_unknown_weight_name_lists_the_parameters():
@@ -389,14 +428,14 @@ def test_other_bad_weights():
 
 @pytest.mark.parametrize("shape", [(6,), (2, 3, 4, 6), (5, 2, 7)])
 def test_wrong_input_shape(shape):
-    wd = WeightDrop(nn.LSTM(6, 10), dropout=0.5)
+    wd = WeightDrop(nn.LSTM(6, 10), p=0.5)
     with pytest.raises(ValueError, match=r"input must be \(seq_len, batch, features\).*input_size = 6"):
         wd(torch.randn(*shape))
     assert wd.module.weight_hh_l0 is None  # nothing half-done left behind
 
 
 def test_unbatched_input_is_accepted():
-    wd = WeightDrop(nn.LSTM(6, 10), dropout=0.5)
+    wd = WeightDrop(nn.LSTM(6, 10), p=0.5)
     y, (h, c) = wd(torch.randn(5, 6))
     assert y.shape == (5, 10) and h.shape == (1, 10)
 
@@ -412,7 +451,7 @@ def test_import_does_not_pull_plotly():
 def test_cuda_uses_cudnn_without_warnings_and_matches_cpu():
     assert torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled
     torch.manual_seed(15)
-    cpu = WeightDrop(nn.LSTM(32, 64, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), dropout=0.5)
+    cpu = WeightDrop(nn.LSTM(32, 64, num_layers=2), ("weight_hh_l0", "weight_hh_l1"), p=0.5)
     gpu = copy.deepcopy(cpu).cuda()
     x = torch.randn(20, 4, 32)
     with warnings.catch_warnings(record=True) as caught, torch.profiler.profile() as prof:

@@ -1,4 +1,5 @@
-"""Chapter 02 explorers: the widget (sliders, resample button) and its kernel-free plotly twin.
+"""Chapter 02's pictures (awd_edu.viz.dropout): the widget (sliders, resample button), its kernel-free plotly twin,
+the smoothness figure, and the torch helpers behind them.
 
 Heatmaps hold h~ as (features, time): a row is one feature across the sentence, a column one word's vector.
 """
@@ -7,8 +8,9 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-import awd_edu.dropout as dropout
-from awd_edu.dropout import DEMO_SENTENCE, demo_sequence, dropout_explorer, dropout_figure, three_dropouts
+import awd_edu.viz.dropout as dropout
+from awd_edu.viz.dropout import (DEMO_SENTENCE, demo_sequence, dropout_explorer, dropout_figure, smoothness_figure,
+                                 three_dropouts)
 
 NAMES = ["standard", "locked", "embedding"]  # the panels, left to right
 WORDS = DEMO_SENTENCE.split()
@@ -152,6 +154,7 @@ def test_twin_is_a_plain_figure_with_a_slider():
         visible = step.args[0]["visible"]
         assert [j for j, v in enumerate(visible) if v] == [3 * i, 3 * i + 1, 3 * i + 2]
         assert all(f"p = {ps[i]:.2f}" in a["text"] for a in step.args[1]["annotations"])
+        assert "title" not in step.args[1] and "title.text" not in step.args[1]   # the figure title stays
     assert len(fig.to_json()) < 200_000                                    # light enough for the docs page
 
 
@@ -194,3 +197,22 @@ def test_three_dropouts_is_seeded_and_leaves_global_state_alone():
         ps[k] = 1.0
         with pytest.raises(ValueError, match=name):
             three_dropouts(embed, ids, *ps)
+
+
+def test_panels_are_stacked_and_share_the_word_axis():
+    fig = dropout_figure()
+    doms = [fig.layout[f"yaxis{k}"].domain for k in ("", "2", "3")]
+    assert doms[0][0] > doms[1][1] and doms[1][0] > doms[2][1]          # one panel per row: readable on a phone
+    assert fig.layout.xaxis3.ticktext == tuple(WORDS) and fig.layout.width is None
+
+
+def test_smoothness_figure_shows_the_series_and_the_steps():
+    t = torch.arange(30.0)
+    series = {"input h": t.sin(), "locked": 2 * t.sin(), "standard": t.sin() * (t % 2)}
+    steps = {"input": 0.4, "locked": 1.6, "standard": 60.0}
+    fig = smoothness_figure(series, steps, feature=5, p=0.5)
+    lines, bar = fig.data[:3], fig.data[3]
+    assert [tr.name for tr in lines] == list(series) and bar.type == "bar"
+    np.testing.assert_allclose(lines[1].y, (2 * t.sin()).numpy(), atol=1e-4)
+    assert list(bar.y) == [0.4, 1.6, 60.0] and fig.layout.yaxis2.type == "log"
+    assert "feature 5" in fig.layout.annotations[0].text and "p = 0.5" in fig.layout.annotations[1].text

@@ -1,12 +1,13 @@
-"""Chapter 01 explorer: drive the widget as a user would and check what the figure shows; the kernel-free twin."""
+"""Chapter 01's pictures (awd_edu.viz.weight_drop): drive the widget as a user would and check what the figure shows;
+the kernel-free twin. The mask panel shows the scaled mask M/(1-p) transposed, (H, 4H): one row of U per column."""
 import numpy as np
 import pytest
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
-import awd_edu.weight_drop as wdmod
-from awd_edu.weight_drop import weight_drop_explorer, weight_drop_figure
+import awd_edu.viz.weight_drop as wdmod
+from awd_edu.viz.weight_drop import weight_drop_explorer, weight_drop_figure
 
 TOL = 0.08  # zero fraction of a 64 x 16 mask: 1,024 entries, std <= 0.016, so 0.08 is 5 std
 
@@ -26,7 +27,7 @@ def test_explorer_exposes_its_controls():
     assert isinstance(ex, widgets.VBox)
     assert set(ex.sliders) == {"p"} and set(ex.buttons) == {"new_mask"}
     assert isinstance(ex.figure, go.FigureWidget) and len(ex.figure.data) == 3
-    assert z(ex.figure, 0).shape == (64, 16)                       # U is (4H, H) with H = 16
+    assert z(ex.figure, 0).shape == (16, 64)                       # U is (4H, H) with H = 16, drawn transposed
     assert z(ex.figure, 1).shape == z(ex.figure, 2).shape == (16, 40)  # (H, T)
 
 
@@ -110,6 +111,7 @@ def test_kernel_free_twin_has_a_slider_over_p():
         mask = np.asarray(fig.data[3 * n].z, dtype=float)
         assert abs((mask == 0).mean() - p) < TOL
         assert f"p = {p:.2f}" in step.args[1]["title.text"]
+        assert "title" not in step.args[1]                          # a plain "title" would erase it on plotly.js 4
     shown = [k for k, tr in enumerate(fig.data) if tr.visible is not False]
     assert shown == [3 * slider.active + i for i in range(3)]      # the active step is what shows first
 
@@ -119,3 +121,25 @@ def test_twin_and_widget_show_the_same_data_for_the_same_seed():
     ex = weight_drop_explorer(p=0.5, seed=3)
     for i in range(3):
         assert np.array_equal(np.asarray(fig.data[3 + i].z, dtype=float), z(ex.figure, i), equal_nan=True)
+
+
+def test_naive_panel_drops_exactly_the_units_whose_noise_is_below_p():
+    "Independent of the figure code: rebuild the per-step keep pattern from the same seeded noise."
+    import torch
+    cell, x, g = wdmod._explorer_setup(8, 16, 40, 0)
+    u, v = wdmod._explorer_noise(cell, 40, g)
+    ex = weight_drop_explorer(p=0.3)
+    dropped = np.isnan(z(ex.figure, 2))                              # (H, T)
+    assert np.array_equal(dropped, (v < 0.3).numpy().T)
+    assert np.array_equal(z(ex.figure, 0) == 0, (u < 0.3).numpy().T)  # and the mask's zeros from u
+
+
+def test_figure_fits_a_phone_layout():
+    fig = weight_drop_figure()
+    assert fig.layout.width is None and fig.layout.autosize           # the width follows the page
+    assert [a.text for a in fig.layout.annotations][:3] == [
+        "mask on U (4H x H = 64 x 16), one row of U per column", "h_t with weight drop",
+        "h_t fed back, naive per-step dropout"]
+    doms = [fig.layout[f"yaxis{k}"].domain for k in ("", "2", "3")]   # stacked: one panel per row
+    assert doms[0][0] > doms[1][1] and doms[1][0] > doms[2][1]
+    assert all(len(line) <= 52 for line in fig.layout.title.text.split("<br>"))  # each title line fits 390 px
