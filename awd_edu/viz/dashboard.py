@@ -52,7 +52,7 @@ def _fill_dashboard(fig, metrics, steps, title):
     fig.layout.annotations = titles + [fig.layout.annotations[0].__class__(n) for n in notes]
     if metrics:
         best = min(metrics, key=lambda m: m["valid_ppl"])
-        title += f": best valid ppl {best['valid_ppl']:.1f} ({best['stage']} epoch {best['epoch']})"
+        title += f"<br>best valid ppl {best['valid_ppl']:.1f} ({best['stage']} epoch {best['epoch']})"
     fig.layout.title.text = title
     fig.layout.xaxis.dtick = 1 if len(metrics) <= 20 else None   # ticks on whole epochs only
 
@@ -76,7 +76,7 @@ def dashboard_figure(metrics,  # metrics dicts, one per epoch (`Trainer.history`
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_yaxes(title_text="window length", row=2, col=1)
     fig.update_yaxes(title_text="lr", row=2, col=1, secondary_y=True, showgrid=False)
-    apply_style(fig, height=640)
+    apply_style(fig, height=660, title=f"{title}<br>")   # room for the two lines the title will have
     _fill_dashboard(fig, list(metrics), steps or {}, title)
     return fig
 

@@ -11,18 +11,20 @@ FONT = dict(family="Inter, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif", si
 
 def apply_style(fig,  # a plotly figure (or FigureWidget), changed in place
                 height: int = 420,  # pixels; the width follows the page
-                title: str | None = None,  # the title text; None keeps the figure's own
-                legend: str = "below",  # "below" the plot, "right" of it, or "none"
+                title: str | None = None,  # the title text (`<br>` breaks lines); None keeps the figure's own
+                legend: str = "below",  # "below" the plot (under the x-axis title), "right" of it, or "none"
                ):
     "Give `fig` the course's style and return it."
     text = fig.layout.title.text if title is None else title
+    lines = 0 if not text else text.count("<br>") + 1
+    top = 36 + 24 * lines                          # room for every line of the title, in pixels
     fig.update_layout(template="plotly_white", autosize=True, width=None, height=height, font=FONT,
-                      colorway=COLORS, title=dict(text=text, x=0, xanchor="left", y=0.98, yanchor="top",
-                                                  font=dict(size=16)),
-                      margin=dict(l=64, r=24, t=96 if text else 40, b=64), hoverlabel=dict(font_size=12))
-    if legend == "below":
-        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.12, yanchor="top"),
-                          margin_b=110)
+                      colorway=COLORS, hoverlabel=dict(font_size=12), margin=dict(l=64, r=24, t=top, b=64),
+                      title=dict(text=text, x=0, xanchor="left", xref="paper", yref="container", y=1, yanchor="top",
+                                 pad=dict(t=12), font=dict(size=16)))
+    if legend == "below":                          # pinned to the figure's bottom edge: never on the axis title
+        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", yref="container", y=0,
+                                      yanchor="bottom"), margin_b=110)
     elif legend == "none":
         fig.update_layout(showlegend=False)
     fig.update_annotations(font_size=13)   # subplot titles
