@@ -44,6 +44,7 @@ CHAPTER = re.compile(r"^(\d+)([a-z]?)_")  # a chapter: its number, and a letter 
 CHAPTERS = [s for s in PAGES if CHAPTER.match(s)]
 APPENDIX, APPENDIX_CAPTION = [s for s in PAGES if s.startswith("viz/")], "The pictures' code"
 SEARCH_TERM, SEARCH_PAGE = "WeightDrop", "01_weight_drop"  # the name, and the chapter that documents it
+WAIT = 20_000  # ms: the longest wait for a condition (it ends as soon as the condition holds): a busy machine
 
 
 def _built_from(site):
@@ -141,7 +142,8 @@ def _chromium():
 
 @pytest.fixture(scope="module")  # module: Playwright's sync API runs one instance at a time (JupyterLab tests too)
 def browser():
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+    expect.set_options(timeout=WAIT)  # expect(...) waits as long as the other waits, not its default 5 s
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=_chromium(), headless=True,
                               args=["--no-sandbox", "--disable-background-networking"])
@@ -275,7 +277,7 @@ def _wait_figures(page, n):
     "The ids of the plotly figures drawn on the page, once `n` are (or after a bounded wait for them)."
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     with contextlib.suppress(PlaywrightTimeout):
-        page.wait_for_function(f"({_DRAWN})().length >= {n}", timeout=20_000)
+        page.wait_for_function(f"({_DRAWN})().length >= {n}", timeout=WAIT)
     return page.evaluate(_DRAWN)
 
 
@@ -297,7 +299,7 @@ def _wait_drawn(page, site, stem):
     n_figs = html.count('class="awd-plotly-data"')
     if n_figs:
         page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length > 0 && "
-                               f"document.querySelectorAll('.js-plotly-plot').length >= {n_figs}", timeout=20_000)
+                               f"document.querySelectorAll('.js-plotly-plot').length >= {n_figs}", timeout=WAIT)
     _wait_math(page, site, stem)
     return n_figs
 
@@ -306,7 +308,7 @@ def _wait_math(page, site, stem):
     "Wait until the page's math is typeset, and check MathJax could typeset all of it."
     n_math = len(re.findall(r'class="math notranslate nohighlight"', (site / f"{stem}.html").read_text(encoding="utf-8")))
     if n_math:
-        page.wait_for_function(f"document.querySelectorAll('mjx-container').length >= {n_math}", timeout=20_000)
+        page.wait_for_function(f"document.querySelectorAll('mjx-container').length >= {n_math}", timeout=WAIT)
         assert page.locator("mjx-merror").count() == 0, f"{stem}: MathJax could not typeset some math"
 
 
@@ -331,7 +333,7 @@ def test_math_is_typeset(watched, site):
     with_math = [s for s in CHAPTERS if 'class="math notranslate' in (site / f"{s}.html").read_text(encoding="utf-8")]
     assert with_math, "no chapter has an equation"
     page = watched.goto(f"{with_math[0]}.html")
-    page.wait_for_selector("mjx-container svg", timeout=20_000)
+    page.wait_for_selector("mjx-container svg", timeout=WAIT)
     assert page.locator("mjx-container[display='true'] svg, mjx-container svg").count() > 0
     watched.assert_clean(with_math[0])
 
@@ -373,7 +375,7 @@ def test_kernel_free_sliders_move_the_figure(watched, site):
     for stem, div_id, _ in on_site:
         if page is None or not page.url.endswith(f"/{stem}.html"):
             page = watched.goto(f"{stem}.html")
-        page.wait_for_selector(f"#{div_id} .slider-container", timeout=20_000)
+        page.wait_for_selector(f"#{div_id} .slider-container", timeout=WAIT)
         page.locator(f"#{div_id} .slider-container").scroll_into_view_if_needed()
         before, updates = page.evaluate(_FINGERPRINT, div_id), page.evaluate(_UPDATES, div_id)
         active = page.evaluate("id => document.getElementById(id)._fullLayout.sliders[0].active || 0", div_id)
@@ -389,8 +391,8 @@ def test_kernel_free_sliders_move_the_figure(watched, site):
         page.mouse.move(x1, y0, steps=5)
         page.mouse.up()
         page.wait_for_function(f"id => document.getElementById(id)._fullLayout.sliders[0].active !== {active}",
-                               arg=div_id, timeout=5_000)
-        page.wait_for_function(f"id => document.getElementById(id).awdUpdates > {updates}", arg=div_id, timeout=5_000)
+                               arg=div_id, timeout=WAIT)
+        page.wait_for_function(f"id => document.getElementById(id).awdUpdates > {updates}", arg=div_id, timeout=WAIT)
         after = page.evaluate(_FINGERPRINT, div_id)
         assert after != before, f"{stem} #{div_id}: the slider moved but the figure did not change"
     watched.assert_clean("slider pages")
@@ -414,7 +416,7 @@ def test_sliders_keep_the_figure_title(watched, site):
     for stem, div_id, fig in _site_slider_figures(site):
         if page is None or not page.url.endswith(f"/{stem}.html"):
             page = watched.goto(f"{stem}.html")
-        page.wait_for_selector(f"#{div_id} .slider-container", timeout=20_000)
+        page.wait_for_selector(f"#{div_id} .slider-container", timeout=WAIT)
         page.locator(f"#{div_id}").scroll_into_view_if_needed()
         for i, slider in enumerate(fig["layout"]["sliders"]):
             steps, where = slider["steps"], f"{stem} #{div_id}"
@@ -432,7 +434,7 @@ def test_sliders_keep_the_figure_title(watched, site):
                 try:
                     page.wait_for_function(f"id => {{ const gd = document.getElementById(id); return "
                                            f"gd.layout.sliders[{i}].active === {k} && gd.awdUpdates > {updates}; }}",
-                                           arg=div_id, timeout=5_000)
+                                           arg=div_id, timeout=WAIT)
                 except PlaywrightTimeout:
                     failures.append(f"{step}: clicking it did not update the figure")
                     break
@@ -530,6 +532,7 @@ def test_gpu_cells_show_their_code_under_a_label(watched, site):
     assert counts, "no chapter has a GPU cell"
     for stem, n in counts.items():
         page = watched.goto(f"{stem}.html")
+        watched.assert_clean(stem)  # a page that did not load says so first
         cells = page.locator("div.cell.tag_gpu")
         expect(cells, f"{stem}: {n} GPU cells in the notebook").to_have_count(n)
         for i in range(n):
@@ -589,11 +592,11 @@ def test_search_finds_weightdrop(watched):
     page = watched.goto("index.html")
     page.keyboard.press("Control+k")
     box = page.locator("input[name='q']:visible").first
-    box.wait_for(timeout=5_000)
+    box.wait_for(timeout=WAIT)
     box.fill(SEARCH_TERM)
     box.press("Enter")
     page.wait_for_url(re.compile(r"search\.html\?q="), timeout=10_000)
-    page.wait_for_selector("#search-results ul.search li a", timeout=20_000)
+    page.wait_for_selector("#search-results ul.search li a", timeout=WAIT)
     hit = page.locator(f"#search-results ul.search li a[href*='{SEARCH_PAGE}']").first
     assert hit.count() == 1, f"searching {SEARCH_TERM!r} does not list {SEARCH_PAGE}"
     hit.click()
