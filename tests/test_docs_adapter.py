@@ -71,6 +71,29 @@ def test_notebooks_in_reading_order(tmp_path):
                    "notes"]
 
 
+def test_sub_chapters_by_number_then_letter_then_the_appendix(tmp_path):
+    """A chapter's letter orders it after its number and before the next number (08, 08a, 08g, 09); the notebooks of
+    a subfolder (`viz/`) come after every top-level page, ordered the same way, named by their path."""
+    names = ["viz/09_cache", "10_ptb_gpu", "08g_distributed", "viz/08_dashboard", "09_cache", "index", "08a_config",
+             "viz/08f_ablations", "08_loop", "viz/00_style", "notes", "08b_checkpoint", "viz/_scratch", "_tmp/00_x",
+             ".ipynb_checkpoints/08a_config-checkpoint", "viz/.ipynb_checkpoints/00_style-checkpoint"]
+    for n in names:
+        (tmp_path / f"{n}.ipynb").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"{n}.ipynb").write_text("{}")
+    got = [docs.docname(tmp_path, p) for p in docs.notebooks(tmp_path)]
+    assert got == ["index", "08_loop", "08a_config", "08b_checkpoint", "08g_distributed", "09_cache", "10_ptb_gpu",
+                   "notes", "viz/00_style", "viz/08_dashboard", "viz/08f_ablations", "viz/09_cache"]
+    assert got == sorted(got, key=docs.reading_key)
+
+
+def test_sidebar_groups_the_chapters_the_appendix_and_the_api():
+    names = ["index", "08_loop", "08a_config", "09_cache", "viz/00_style", "viz/08_dashboard"]
+    assert docs.toc_groups(names, api=True) == [
+        ("Chapters", ["08_loop", "08a_config", "09_cache"]), ("The pictures' code", ["viz/00_style", "viz/08_dashboard"]),
+        ("Reference", ["api"])]
+    assert docs.toc_groups(["index", "00_a"]) == [("Chapters", ["00_a"])]
+
+
 def test_default_exp():
     assert docs.default_exp(nb_of(code("#| default_exp weight_drop"))) == "weight_drop"
     assert docs.default_exp(nb_of(md("#| default_exp x"))) is None
@@ -132,7 +155,8 @@ def test_front_matter_becomes_title_summary_and_download(adapted):
     summary = ("Two penalties on the last LSTM layer's output: AR keeps the activations the decoder sees small, "
                "TAR keeps the hidden state from jumping between time steps.")
     assert s[1] == ":::{container} awd-summary\n" + summary + "\n:::"
-    assert s[2] == ":::{container} awd-download\n{download}`Download the notebook <_notebooks/05_regularization.ipynb>`\n:::"
+    # the copy of the notebook, by its path from the source root (`/`): right from a page in a subfolder too
+    assert s[2] == ":::{container} awd-download\n{download}`Download the notebook </_notebooks/05_regularization.ipynb>`\n:::"
     assert not any(c["cell_type"] == "raw" for c in nb["cells"])
     assert nb["metadata"]["myst"]["html_meta"]["description"] == summary
 
@@ -180,6 +204,16 @@ def test_nbdev_doc_links_point_at_labels(adapted):
     assert "[`batchify`](#proj.data.batchify)" in s
     assert "`nothing`" in s and "data.html#nothing" not in s  # undocumented name: plain text
     assert "[paper](https://arxiv.org/abs/1708.02182)" in s
+
+
+def test_nbdev_links_to_a_module_in_a_subfolder_point_at_its_labels():
+    "nbdev's page of `proj.viz.dashboard` is `viz/dashboard.html`: its links go to the labels of that module."
+    md_src = ("[`LiveDashboard`](https://org.github.io/proj/viz/dashboard.html#livedashboard) draws "
+              "[`History`](https://org.github.io/proj/callbacks.html#history)")
+    labels = {"proj.viz.dashboard.livedashboard": "proj.viz.dashboard.LiveDashboard",
+              "proj.callbacks.history": "proj.callbacks.History"}
+    assert docs.relink(md_src, CFG, labels) == ("[`LiveDashboard`](#proj.viz.dashboard.LiveDashboard) draws "
+                                                "[`History`](#proj.callbacks.History)")
 
 
 def test_widget_state_dropped_and_cell_ids_unique(adapted):
@@ -295,6 +329,17 @@ def test_other_outputs_untouched():
 
 
 # ------------------------------------------------------------------------------------------- toc and API page
+def test_index_gets_one_captioned_toctree_per_group():
+    groups = [("Chapters", ["00_a", "08a_b"]), ("The pictures' code", ["viz/00_style"]), ("Reference", ["api"])]
+    nb, _ = docs.adapt_notebook(nb_of(md("# Home")), "index", CFG, toc=groups)
+    trees = [s for s in srcs(nb) if s.startswith("```{toctree}")]
+    assert trees == srcs(nb)[-3:]
+    for tree, (caption, pages) in zip(trees, groups):
+        head, entries = tree.split("\n\n", 1)
+        assert ":hidden:" in head and f":caption: {caption}" in head.split("\n")
+        assert entries.split("\n")[:-1] == pages and entries.endswith("\n```")
+
+
 def test_index_gets_hidden_toctree_in_reading_order():
     nb, _ = docs.adapt_notebook(nb_of(md("# Home")), "index", CFG, toc=["00_a", "01_b", "api"])
     last = srcs(nb)[-1]
@@ -354,3 +399,53 @@ def test_nbdev_processing_then_adapter(tmp_path, monkeypatch):
     assert "(awd_edu.scratch.twice)=\n### twice" in doc and "def twice(" in doc
     assert "assert twice(2) == 4" in s
     assert code_cells(page)["twice(torch.ones(1, device='cuda'))"]["metadata"]["tags"] == ["gpu"]
+
+
+# ------------------------------------------------------------------------------------------- pages in a subfolder
+def test_subfolder_pages(tmp_path, monkeypatch):
+    """`prepare` on nbs/ with a chapter and a viz/ notebook: the viz page sits at `viz/NN_name`, downloads its own
+    notebook by a path from the source root, documents its names against `lib_path.viz.name`, and is in the
+    appendix of the home page's sidebar and in the API page."""
+    import importlib.util
+    import sys
+    cfg = docs.settings()
+    lib = cfg["lib_path"]
+    mod_file = tmp_path / "scratch_viz.py"  # stands in for `{lib}.viz.scratch`, the module the notebook exports to
+    mod_file.write_text("\n\n".join(SCRATCH_EXPORTS[1:]) + "\n")
+    spec = importlib.util.spec_from_file_location(f"{lib}.viz.scratch", mod_file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setitem(sys.modules, f"{lib}.viz.scratch", mod)
+    nbs = tmp_path / "nbs"
+    (nbs / "viz").mkdir(parents=True)
+    pages = {"index": nb_of(md("# Home\n> The home page.")),
+             "08a_sub": nb_of(md("# A sub-chapter\n> Between 08 and 09."), code("x = 1")),
+             "viz/00_scratch": nb_of(md("# Scratch figures\n> The code of a picture."),
+                                     code("#| default_exp viz.scratch"),
+                                     code("#| hide\nfrom nbdev.showdoc import show_doc"), code("show_doc(twice)"))}
+    for name, nb in pages.items():
+        for i, c in enumerate(nb["cells"]):
+            c["id"] = f"c{i}"
+        (nbs / f"{name}.ipynb").write_text(json.dumps(nb))
+    src = tmp_path / "src"
+    assert docs.prepare(src, nbs, cfg) == ["index", "08a_sub", "viz/00_scratch"]
+    assert docs.docname(nbs, nbs / "viz" / "00_scratch.ipynb") == "viz/00_scratch"
+    assert docs.module_of(pages["viz/00_scratch"], cfg) == f"{lib}.viz.scratch"
+    assert docs.module_of(pages["08a_sub"], cfg) is None
+    # the page, and the notebook it downloads: the one in nbs/viz/
+    assert (src / "_notebooks" / "viz" / "00_scratch.ipynb").read_bytes() == (nbs / "viz" / "00_scratch.ipynb").read_bytes()
+    page = json.loads((src / "viz" / "00_scratch.ipynb").read_text())
+    s = srcs(page)
+    assert s[0] == "# Scratch figures"
+    assert "{download}`Download the notebook </_notebooks/viz/00_scratch.ipynb>`" in s[2]
+    doc = next(x for x in s if "### twice" in x)
+    assert f"({lib}.viz.scratch.twice)=\n### twice" in doc and "Double `x`." in doc
+    # the home page's sidebar: the appendix after the chapters, then the API page
+    index = srcs(json.loads((src / "index.ipynb").read_text()))
+    trees = [x for x in index if x.startswith("```{toctree}")]
+    assert [":caption: Chapters" in trees[0], ":caption: The pictures' code" in trees[1], ":caption: Reference" in trees[2]] \
+        == [True, True, True]
+    assert trees[0].endswith("\n08a_sub\n```") and trees[1].endswith("\nviz/00_scratch\n```")
+    api = (src / "api.md").read_text()
+    assert f"## `{lib}.viz.scratch`" in api and "{doc}`viz/00_scratch`" in api
+    assert f"- [`twice`](#{lib}.viz.scratch.twice): Double `x`." in api

@@ -3,6 +3,9 @@
     python tools/docs.py build [--out docs/_build]   # what `make docs` runs; the site lands in OUT/html
     python tools/docs.py serve [--port 8000]         # serve the built site on http://127.0.0.1:PORT
 
+Pages follow `notebooks`: the home page, the chapters by number then letter (08, 08a, ..., 08g, 09), then each
+subfolder of nbs/ as an appendix (`viz/`: the pictures' code), then the API page.
+
 1. `process`: nbdev's own docs processing of each notebook (`NBProcessor`, `FilterDefaults().procs()`), as
    `nbdev_proc_nbs` does it but re-running nothing: saved outputs are used, and the show_doc cells nbdev adds for
    undocumented exports get show_doc's markdown for the exported object.
@@ -44,13 +47,43 @@ WIDGET_NOTES = {  # what the site shows in place of a widget (no kernel here)
 SOLUTION_PROMPTS = {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 
 
+CHAPTER = re.compile(r"^(\d+)([a-z]?)_")  # a chapter's name: its number, then a letter for a sub-chapter (08a_config)
+APPENDICES = {"viz": "The pictures' code"}  # a subfolder of nbs/ is an appendix after the chapters: its sidebar caption
+SECTIONS = ("Chapters", "Reference")  # the sidebar captions of the chapters, and of the API page
+
+
+def docname(nbs: Path, path: Path) -> str:
+    "A notebook's page name: its path from `nbs` without `.ipynb` (`08a_config`, `viz/00_style`)."
+    return Path(path).relative_to(nbs).with_suffix("").as_posix()
+
+
+def reading_key(name: str) -> tuple:
+    """Where a page (`docname`) comes in the reading order: `index`; the chapters by number, then letter (08, 08a,
+    ..., 08g, 09, 10); the other top-level pages by name; then each subfolder (an appendix), ordered the same way."""
+    folder, _, stem = name.rpartition("/")
+    if name == "index":
+        return (0,)
+    m = CHAPTER.match(stem)
+    return (1 if not folder else 2, folder) + ((0, int(m.group(1)), m.group(2), stem) if m else (1, 0, "", stem))
+
+
 def notebooks(nbs: Path) -> list[Path]:
-    """The notebooks of `nbs` that become pages, in reading order: `index`, the chapters by number, the rest by name
-    (names starting with `_` or `.` are skipped)."""
-    def key(p):
-        m = re.match(r"^(\d+)_", p.stem)
-        return (0, -1, "") if p.stem == "index" else (0, int(m.group(1)), p.stem) if m else (1, 0, p.stem)
-    return sorted((p for p in Path(nbs).glob("*.ipynb") if not p.name.startswith(("_", "."))), key=key)
+    """The notebooks of `nbs` and its subfolders that become pages, in reading order (`reading_key`); names starting
+    with `_` or `.`, and everything in folders named so, are skipped."""
+    nbs = Path(nbs)
+    found = (p for p in nbs.rglob("*.ipynb")
+             if not any(part.startswith(("_", ".")) for part in p.relative_to(nbs).parts))
+    return sorted(found, key=lambda p: reading_key(docname(nbs, p)))
+
+
+def toc_groups(names: list[str], api: bool = False) -> list[tuple[str, list[str]]]:
+    """The sidebar: (caption, pages) for the top-level pages, for each appendix (a subfolder), and for the API page
+    when there is one; `index` is the home page, in none."""
+    groups: dict[str, list[str]] = {}
+    for n in (n for n in names if n != "index"):
+        folder = n.rpartition("/")[0]
+        groups.setdefault(APPENDICES.get(folder, folder) if folder else SECTIONS[0], []).append(n)
+    return list(groups.items()) + ([(SECTIONS[1], ["api"])] if api else [])
 
 
 def settings(root: Path = ROOT) -> dict:
@@ -126,10 +159,10 @@ def relink(md: str, cfg: dict, labels: dict) -> str:
     "nbdev's links to its Quarto pages (`{doc_host}{doc_baseurl}/data.html#corpus`) pointed at this site's API labels."
     base = "/".join(s.strip("/") for s in (cfg.get("doc_host", ""), cfg.get("doc_baseurl", "")) if s.strip("/"))
 
-    def sub(m):
-        label = labels.get(f"{cfg.get('lib_path', '')}.{m.group(2)}.{m.group(3)}".lower())
+    def sub(m):  # nbdev's page of module `a.b` is `a/b.html`
+        label = labels.get(f"{cfg.get('lib_path', '')}.{m.group(2).replace('/', '.')}.{m.group(3)}".lower())
         return f"[{m.group(1)}](#{label})" if label else m.group(1)  # a name with no documentation: its text
-    return re.sub(rf"\[([^\]]*)\]\({re.escape(base)}/([\w.]+)\.html#([\w.-]+)\)", sub, md) if base else md
+    return re.sub(rf"\[([^\]]*)\]\({re.escape(base)}/([\w./]+)\.html#([\w.-]+)\)", sub, md) if base else md
 
 
 def plotly_html(fig: dict, n: int) -> str:
@@ -170,17 +203,25 @@ def md_cell(source: str) -> dict:
     return {"cell_type": "markdown", "metadata": {}, "source": source}
 
 
+def toctree(pages: list[str], caption: str | None = None) -> str:
+    "A hidden toctree of `pages` (page names from the source root), under `caption` in the sidebar."
+    return ("```{toctree}\n:hidden:\n:maxdepth: 1\n" + (f":caption: {caption}\n" if caption else "") + "\n"
+            + "\n".join(pages) + "\n```")
+
+
 def adapt_notebook(nb: dict, docname: str, cfg: dict, module: str | None = None, labels: dict | None = None,
-                   toc: list[str] | None = None) -> tuple[dict, list[dict]]:
+                   toc: list | None = None) -> tuple[dict, list[dict]]:
     """A notebook processed by nbdev as myst-nb input, and the API entries (one per show_doc) it documents.
 
-    - nbdev's YAML front matter becomes the page's `# title`, its summary, and a download of the notebook;
+    - nbdev's YAML front matter becomes the page's `# title`, its summary, and a download of the notebook (the copy
+      in `_notebooks/`, by its path from the source root: right from a page in a subfolder too);
     - Quarto options and flags become myst-nb tags (`cell_tags`), and the `#|` lines go;
     - a `#| gpu` cell gets a "Runs on a GPU" label; a `#| solution` cell folds behind "Show solution";
     - `output: asis` markdown becomes markdown cells, show_doc's as labelled API sections;
     - plotly figures are drawn by the site's plotly.js; widget outputs become a note (no kernel on the site);
     - nbdev's links to its Quarto pages point at the API labels in `labels` (lower-case label -> label);
-    - `toc` (for the home page): the reading order, as a hidden toctree at the end.
+    - `toc` (for the home page): the reading order, as hidden toctrees at the end: a list of page names (one
+      toctree), or of (caption, page names) (one toctree per caption, `toc_groups`).
     """
     labels, fm, cells, entries, counter = labels or {}, {}, [], [], [0]
     for cell in nb.get("cells", []):
@@ -217,9 +258,10 @@ def adapt_notebook(nb: dict, docname: str, cfg: dict, module: str | None = None,
                           "outputs": outputs, "source": code.strip("\n")})
     head = [md_cell(f"# {fm['title']}")] if fm.get("title") else []
     head += [md_cell(":::{container} awd-summary\n" + fm["description"] + "\n:::")] if fm.get("description") else []
-    head += [md_cell(f":::{{container}} awd-download\n{{download}}`Download the notebook <_notebooks/{docname}.ipynb>`"
+    head += [md_cell(f":::{{container}} awd-download\n{{download}}`Download the notebook </_notebooks/{docname}.ipynb>`"
                      "\n:::")]
-    cells = head + cells + ([md_cell("```{toctree}\n:hidden:\n:maxdepth: 1\n\n" + "\n".join(toc) + "\n```")] if toc else [])
+    groups = [(None, list(toc))] if toc and all(isinstance(t, str) for t in toc) else toc or []
+    cells = head + cells + [md_cell(toctree(pages, caption)) for caption, pages in groups]
     for i, c in enumerate(cells):
         c["id"] = f"awd-{i}"  # nbformat 4.5: unique cell ids
     meta = {k: v for k, v in nb.get("metadata", {}).items() if k != "widgets"}  # no widget state: no kernel here
@@ -242,29 +284,46 @@ def api_page(entries_by_page: dict[str, list[dict]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the build
-def build(out: Path = DOCS / "_build", nbs: Path | None = None, quiet: bool = True) -> Path:
-    "Build the site: nbdev processing and the adapter into OUT/src, then Sphinx into OUT/html (returned)."
-    cfg, out = settings(), Path(out).resolve()
-    nbs, src = Path(nbs) if nbs else ROOT / cfg.get("nbs_path", "nbs"), out / "src"
+def module_of(nb: dict, cfg: dict) -> str | None:
+    "The module a notebook documents: `lib_path` and its `#| default_exp` (`viz.style` -> `awd_edu.viz.style`), or None."
+    m = default_exp(nb)
+    return m and f"{cfg['lib_path']}.{m}"
+
+
+def prepare(src: Path, nbs: Path, cfg: dict | None = None) -> list[str]:
+    """Steps 1 and 2 for every notebook of `nbs` (`notebooks`): the Sphinx source folder SRC, with a page per notebook
+    at its path from `nbs` (`viz/00_style.ipynb`), the notebooks as they are now in `SRC/_notebooks/` (what is
+    processed, and the pages' downloads), and `api.md`. Returns the page names in reading order."""
+    cfg, src, nbs = cfg or settings(), Path(src), Path(nbs)
     if not notebooks(nbs):
         raise SystemExit(f"no notebooks in {nbs}")
     shutil.rmtree(src, ignore_errors=True)
     (src / "_notebooks").mkdir(parents=True)
-    # the notebooks as they are now: what is processed, and the pages' downloads
-    paths = [Path(shutil.copyfile(p, src / "_notebooks" / p.name)) for p in notebooks(nbs)]
-    modules = {p.stem: (m := default_exp(json.loads(p.read_text(encoding="utf-8")))) and f"{cfg['lib_path']}.{m}"
-               for p in paths}
-    processed = {p.stem: process(p, modules[p.stem]) for p in paths}
+    paths = {}  # page name (`viz/00_style`) -> its copy in _notebooks/
+    for p in notebooks(nbs):
+        paths[docname(nbs, p)] = copy = src / "_notebooks" / p.relative_to(nbs)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, copy)
+    modules = {s: module_of(json.loads(p.read_text(encoding="utf-8")), cfg) for s, p in paths.items()}
+    processed = {s: process(p, modules[s]) for s, p in paths.items()}
     by_page = {s: adapt_notebook(nb, s, cfg, modules[s])[1] for s, nb in processed.items()}
     labels = {e["label"].lower(): e["label"] for entries in by_page.values() for e in entries}
-    toc = [s for s in processed if s != "index"] + (["api"] if labels else [])
+    toc = toc_groups(list(processed), api=bool(labels))
     for s, nb in processed.items():
         page, _ = adapt_notebook(nb, s, cfg, modules[s], labels, toc if s == "index" else None)
+        (src / f"{s}.ipynb").parent.mkdir(parents=True, exist_ok=True)
         (src / f"{s}.ipynb").write_text(json.dumps(page, indent=1, ensure_ascii=False), encoding="utf-8")
     if labels:
         (src / "api.md").write_text(relink(api_page(by_page), cfg, labels), encoding="utf-8")
+    return list(processed)
+
+
+def build(out: Path = DOCS / "_build", nbs: Path | None = None, quiet: bool = True) -> Path:
+    "Build the site: nbdev processing and the adapter into OUT/src (`prepare`), then Sphinx into OUT/html (returned)."
+    cfg, out = settings(), Path(out).resolve()
+    prepare(out / "src", Path(nbs) if nbs else ROOT / cfg.get("nbs_path", "nbs"), cfg)
     subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-c", DOCS, "-j", "2", "-E", "-d", out / "doctrees",
-                    *(["-q"] if quiet else []), src, out / "html"], check=True, cwd=ROOT)
+                    *(["-q"] if quiet else []), out / "src", out / "html"], check=True, cwd=ROOT)
     return out / "html"
 
 
