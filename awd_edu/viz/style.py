@@ -17,7 +17,8 @@ def apply_style(fig,  # a plotly figure (or FigureWidget), changed in place
     "Give `fig` the course's style and return it."
     text = fig.layout.title.text if title is None else title
     lines = 0 if not text else text.count("<br>") + 1
-    top = 36 + 24 * lines                          # room for every line of the title, in pixels
+    titled_panels = any(a.yref == "paper" and a.y == 1 for a in fig.layout.annotations)   # make_subplots' titles
+    top = 36 + 24 * lines + (24 if titled_panels else 0)   # room for every line of the title, in pixels
     fig.update_layout(template="plotly_white", autosize=True, width=None, height=height, font=FONT,
                       colorway=COLORS, hoverlabel=dict(font_size=12), margin=dict(l=64, r=24, t=top, b=64),
                       title=dict(text=text, x=0, xanchor="left", xref="paper", yref="container", y=1, yanchor="top",
