@@ -35,7 +35,7 @@ def _problem(path: Path, name: str) -> str | None:
     try:
         data.check_file(path, data.PTB_SHA256[name])
     except (data.DataNotFoundError, data.ChecksumError) as e:
-        return str(e).splitlines()[0]   # the first line names the file and the fault; the fix is printed once
+        return str(e).partition("\n")[0]   # the first line names the file and the fault; the fix is printed once
     return None
 
 
@@ -375,8 +375,8 @@ def explain(error: BaseException,  # what a command raised
                 if run_dir and command in ("train", "resume", "finetune") else "")
         return 130, f"awd-edu {command}: interrupted{then}"
     if isinstance(error, torch.cuda.OutOfMemoryError):
-        return say(f"out of GPU memory ({str(error).splitlines()[0][:100]}); lower batch_size or the model's sizes "
-                   f"with --set, or use --device cpu")
+        what = str(error).partition("\n")[0][:100]
+        return say(f"out of GPU memory ({what}); lower batch_size or the model's sizes with --set, or use --device cpu")
     if isinstance(error, OSError) and error.errno in _CANNOT_WRITE:
         return say(f"{_where(error)} {_CANNOT_WRITE[error.errno]}; {_fix_for_files(error, command, run_dir)}")
     if isinstance(error, OSError) and error.errno is not None and error.strerror:

@@ -233,6 +233,13 @@ def test_no_space_left_and_other_disk_errors_are_explained():
     assert status == 2 and message == f"awd-edu evaluate: error: {os.strerror(errno.EIO)}: runs/x/best.safetensors"
 
 
+def test_out_of_gpu_memory_is_explained():
+    for text in ("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail", ""):
+        status, message = cli.explain(torch.cuda.OutOfMemoryError(text), "train", "runs/x")
+        assert status == 2 and message.startswith("awd-edu train: error: out of GPU memory")
+        assert text.partition("\n")[0] in message and "more detail" not in message and "--device cpu" in message
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(args):
         raise TypeError("a bug")
