@@ -1,6 +1,8 @@
 # Every set-up step lives here, so a fresh clone needs one command for each job:
 #   make train   installs the project in .venv, fetches Penn Treebank, trains (CPU: a preset that finishes in minutes)
-#   make test    installs the project with its dev tools in .venv and runs the whole test suite (what CI runs)
+#   make test    installs the project with its dev tools in .venv, fetches Penn Treebank if it is missing, and runs
+#                the whole test suite (what CI runs)
+#   make test-fast   the same without the notebooks and the tests marked slow (the edit loop)
 #   make docs    builds the documentation site into docs/_build/html (offline, from the notebooks' saved outputs)
 #   make serve-docs  builds the site and serves it on http://127.0.0.1:8000 (DOCS_PORT=... for another port)
 SHELL := /bin/bash
@@ -17,7 +19,7 @@ ifneq ($(wildcard $(SHARED_DATA)/ptb/ptb.train.txt),)
 export AWD_EDU_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: install train test docs serve-docs
+.PHONY: install train test test-fast docs serve-docs
 DOCS_PORT ?= 8000
 
 $(VENV)/.installed: settings.ini setup.py
@@ -34,6 +36,9 @@ train: install
 
 test: install
 	BIN=$(BIN) bash tools/test.sh
+
+test-fast: install
+	BIN=$(BIN) bash tools/test.sh --fast
 
 docs: install
 	$(BIN)/python tools/docs.py build

@@ -6,34 +6,77 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import math
+import os
+import platform
 import sys
+import typing
+from contextlib import contextmanager
 from pathlib import Path
 
-from . import data
-from . import train
+import torch
+
+from . import __version__
+from . import checkpoint, data, loop, train
+from .config import CONFIG_FIELDS, PRESETS, TrainConfig, resolve_preset
+from .generate import format_words, sample_words
+from .model import count_parameters
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'cmd_data', 'add_data_parser', 'cmd_train', 'cmd_resume', 'cmd_finetune', 'cmd_evaluate',
-           'cmd_generate', 'add_train_parsers', 'build_parser', 'main']
+__all__ = ['DEBUG_ENV', 'cmd_data', 'cmd_train', 'cmd_resume', 'cmd_finetune', 'cmd_evaluate', 'cmd_generate', 'cmd_presets',
+           'explain', 'add_data_parser', 'add_train_parsers', 'add_presets_parser', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4a6fd240
+def _problem(path: Path, name: str) -> str | None:
+    "What is wrong with PTB's file `name` at `path` (missing, empty, truncated, altered, an HTML page), or None."
+    try:
+        data.check_file(path, data.PTB_SHA256[name])
+    except (data.DataNotFoundError, data.ChecksumError) as e:
+        return str(e).partition("\n")[0]   # the first line names the file and the fault; the fix is printed once
+    return None
+
+
 def _data_info(folder) -> dict:
-    "Sizes, line and token counts, and checksum status of the PTB files in `folder`, plus the vocabulary size."
+    "Size, lines, tokens and checksum verdict of each PTB file in `folder`; the vocabulary size only when all three are intact."
+    folder = Path(folder)
     info = {"folder": str(folder), "files": {}}
     for name in data.PTB_FILES:
         path = folder / name
-        entry = {"exists": path.is_file()}
+        problem = _problem(path, name)
+        entry = dict(exists=path.is_file(), sha256_ok=problem is None, problem=problem)
         if entry["exists"]:
-            text = path.read_text(encoding="utf-8", errors="replace")
-            entry.update(bytes=path.stat().st_size, lines=len(text.splitlines()),
-                         tokens=sum(len(l.split()) + 1 for l in text.splitlines()),  # + <eos> per line
-                         sha256_ok=data.sha256_file(path) == data.PTB_SHA256[name])
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            entry.update(bytes=path.stat().st_size, lines=len(lines),
+                         tokens=sum(len(l.split()) + 1 for l in lines))  # + <eos> per line
         info["files"][name] = entry
-    if all(e["exists"] for e in info["files"].values()):
+    if all(e["sha256_ok"] for e in info["files"].values()):  # a damaged file would make a wrong vocabulary
         info["vocab_size"] = len(data.Corpus(folder).vocab)
     return info
+
+
+class _NoHashAdvice(logging.Filter):
+    "Drops pooch's advice to pin `known_hash`: `download_ptb` checks every file's SHA-256 itself."
+    def filter(self, record) -> bool:
+        return "known_hash" not in record.getMessage()
+
+
+@contextmanager
+def _pooch_messages(quiet: bool):
+    "pooch's log without its `known_hash` advice, and with nothing below a warning when `quiet`."
+    import pooch  # the downloader's HTTP client (chapter 03)
+    logger, advice = pooch.get_logger(), _NoHashAdvice()
+    level = logger.level
+    logger.addFilter(advice)
+    if quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.removeFilter(advice)
+        logger.setLevel(level)
 
 
 def cmd_data(args) -> int:
@@ -41,52 +84,44 @@ def cmd_data(args) -> int:
     folder = data.ptb_dir(args.dir)
     if args.action == "download":
         mirrors = tuple(args.mirror) if args.mirror else data.PTB_MIRRORS
-        data.download_ptb(folder, mirrors=mirrors, progress=not args.quiet, timeout=args.timeout)
+        with _pooch_messages(args.quiet):
+            data.download_ptb(folder, mirrors=mirrors, progress=not args.quiet, timeout=args.timeout)
         data.verify_ptb(folder)
         print(f"Penn Treebank is ready in {folder} (SHA-256 verified).")
-    elif args.action == "verify":
+        return 0
+    if args.action == "verify":
         data.verify_ptb(folder)
         print(f"{folder}: all {len(data.PTB_FILES)} files present, SHA-256 verified.")
+        return 0
+    info = _data_info(folder)
+    if args.json:
+        print(json.dumps(info, indent=2))
     else:
-        info = _data_info(folder)
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            print(f"Penn Treebank in {folder}")
-            print(f"  {'file':14s} {'bytes':>10s} {'lines':>8s} {'tokens':>9s}  sha256")
-            for name, e in info["files"].items():
-                if not e["exists"]:
-                    print(f"  {name:14s} {'missing':>10s}")
-                    continue
-                print(f"  {name:14s} {e['bytes']:>10,d} {e['lines']:>8,d} {e['tokens']:>9,d}  "
-                      f"{'ok' if e['sha256_ok'] else 'MISMATCH'}")
-            if "vocab_size" in info:
-                print(f"  vocabulary: {info['vocab_size']:,} words (from ptb.train.txt, with <eos>)")
-        if not all(e["exists"] and e["sha256_ok"] for e in info["files"].values()):
-            print(f"Some files are missing or altered: run `awd-edu data download --dir {folder}`.", file=sys.stderr)
-            return 1
+        print(f"Penn Treebank in {folder}")
+        print(f"  {'file':14s} {'bytes':>10s} {'lines':>8s} {'tokens':>9s}  sha256")
+        for name, e in info["files"].items():
+            if not e["exists"]:
+                print(f"  {name:14s} {'missing':>10s}")
+                continue
+            print(f"  {name:14s} {e['bytes']:>10,d} {e['lines']:>8,d} {e['tokens']:>9,d}  "
+                  f"{'ok' if e['sha256_ok'] else 'DAMAGED'}")
+        if "vocab_size" in info:
+            print(f"  vocabulary: {info['vocab_size']:,} words (from ptb.train.txt, with <eos>)")
+    problems = [e["problem"] for e in info["files"].values() if e["problem"]]
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        print(f"Run `awd-edu data download --dir {folder}`: it fetches the missing or damaged files again and keeps "
+              f"the intact ones.", file=sys.stderr)
+        return 1
     return 0
 
-
-def add_data_parser(sub) -> None:
-    "Add the `data` subcommand to the subparsers `sub`."
-    p = sub.add_parser("data", help="download, verify or describe Penn Treebank",
-                       description=f"Penn Treebank files. Where they live: --dir if given, else ${data.ENV_VAR}/ptb, "
-                                   f"else the per-user cache folder.")
-    p.add_argument("action", choices=["download", "verify", "info"],
-                   help="download: fetch missing/invalid files; verify: check SHA-256; info: sizes and counts")
-    p.add_argument("--dir", default=None, help="folder of the PTB files (default: %(default)s -> see above)")
-    p.add_argument("--mirror", action="append", metavar="URL",
-                   help="download from this mirror instead of the defaults (repeatable): a base URL of the raw "
-                        "files or a .tgz archive holding data/ptb.*.txt")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds a mirror may stay silent (default 30)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="info: print JSON")
-    p.set_defaults(func=cmd_data)
-
 # %% ../nbs/11_cli.ipynb #b36cc7c2
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def _print_event(event: dict):
-    "The command line's epoch log: one line per epoch, and the NT-ASGD switch."
+    "The command line's log: one line per epoch and the NT-ASGD switch (a diverged perplexity prints as inf)."
     if event["event"] == "epoch":
         print(f"{event['stage']} epoch {event['epoch']:>3d}: train ppl {event['train_ppl']:8.2f}  valid ppl "
               f"{event['valid_ppl']:8.2f}  {event['optimizer']:4s}  {event['seconds']:7.1f} s  "
@@ -116,7 +151,7 @@ def _existing_run(path) -> Path:
 
 
 def _finish(trainer) -> int:
-    "Score the best weights on valid and test, print them and the next step."
+    "Score the best weights on valid and test (`Trainer.test`), print them and the next step."
     result = trainer.test()
     print(f"best weights ({result['stage']} epoch {result['epoch']}): valid ppl {result['valid_ppl']:.2f}, "
           f"test ppl {result['test_ppl']:.2f}  -> {trainer.run_dir / 'results.json'}")
@@ -128,180 +163,317 @@ def _finish(trainer) -> int:
 
 
 def _requested_config(args) -> tuple:
-    "`(config, preset, reason)` from --preset, --set and the explicit flags."
-    name, reason = train.resolve_preset(args.preset)
-    overrides = list(args.set or [])
-    for flag, key in (("epochs", "epochs"), ("device", "device"), ("data_dir", "data_dir"), ("seed", "seed")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    return train.TrainConfig.from_preset(name).with_overrides(overrides), name, reason
+    "`(config, preset, reason)` from --preset, then --set, then the explicit flags (--epochs, --seed...)."
+    name, reason = resolve_preset(args.preset)
+    flags = {key: getattr(args, key) for key in ("epochs", "device", "data_dir", "seed")
+             if getattr(args, key) is not None}
+    return TrainConfig.from_preset(name).with_overrides(list(args.set or [])).replace(**flags), name, reason
 
 
 def cmd_train(args) -> int:
-    "Run `awd-edu train`."
+    "Run `awd-edu train` (with `--show`: print the settings it would train with, and stop)."
     config, name, reason = _requested_config(args)
     if args.preset == "auto":
         print(f"--preset auto: using {name} ({reason})")
+    if args.show:
+        print(_settings_table({name: config}))
+        print("* differs from the paper's setting (the ptb preset). --show: nothing was trained.")
+        return 0
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / name
-    if train.has_checkpoint(run_dir):
+    args.run_dir = str(run_dir)   # named in the messages of errors and interruptions
+    if checkpoint.has_checkpoint(run_dir):
         if not args.resume_existing:
             raise FileExistsError(f"{run_dir} already holds a run with checkpoints; nothing was changed. Continue it "
                                   f"with `awd-edu resume {run_dir}`, or train into another --run-dir.")
-        stored = train.TrainConfig.load(_existing_run(run_dir) / "config.json")
-        differ = {k: (getattr(stored, k), getattr(config, k)) for k in train.CONFIG_FIELDS
+        stored = TrainConfig.load(_existing_run(run_dir) / "config.json")
+        differ = {k: (getattr(stored, k), getattr(config, k)) for k in CONFIG_FIELDS
                   if getattr(stored, k) != getattr(config, k)}
         if differ:
             raise ValueError(f"{run_dir} holds a run with another config, so it cannot be resumed as asked "
                              f"(setting: stored, asked): {differ}. Use another --run-dir.")
-        args.run_dir = str(run_dir)
+        args.epochs = None   # the stored config already says so: a plain resume
         return cmd_resume(args)
     trainer = train.Trainer(config, run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet)
-    print(f"training preset {name} into {run_dir} on {trainer.device}: {config.epochs} epochs, "
-          f"{train.count_parameters(trainer.model):,} parameters", flush=True)
+    print(f"training preset {name} into {run_dir} on {trainer.device}: {_plural(config.epochs, 'epoch')}, "
+          f"{count_parameters(trainer.model):,} parameters", flush=True)
     trainer.fit()
     return _finish(trainer)
 
 
 def cmd_resume(args) -> int:
-    "Run `awd-edu resume`."
+    "Run `awd-edu resume`: `Trainer.resume`, then the stage the run stopped in."
     run_dir = _existing_run(args.run_dir)
-    if getattr(args, "epochs", None) is not None:   # a longer (or shorter) training stage
-        config = train.TrainConfig.load(run_dir / "config.json")
-        if config.epochs != args.epochs:
-            config.replace(epochs=args.epochs).save(run_dir / "config.json")
-    trainer = train.Trainer.resume(run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet)
+    previous = getattr(args, "from_previous", False)
+    changes = {"epochs": args.epochs} if args.epochs is not None else {}
+    trainer = train.Trainer.resume(run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet,
+                                   from_previous=previous, **changes)
     if trainer.finished:
         if trainer.stage == "train":
-            print(f"{run_dir}: training finished ({trainer.epoch} epochs), nothing to resume. "
+            print(f"{run_dir}: training finished ({_plural(trainer.epoch, 'epoch')}), nothing to resume. "
                   f"Next: `awd-edu finetune {run_dir}`")
         else:
-            print(f"{run_dir}: fine-tuning finished ({trainer.epoch} epochs), nothing to resume. "
+            print(f"{run_dir}: fine-tuning finished ({_plural(trainer.epoch, 'epoch')}), nothing to resume. "
                   f"Next: `awd-edu evaluate {run_dir} --split test --cache`")
         return 0
-    print(f"resuming {run_dir}: {trainer.stage} stage after epoch {trainer.epoch}", flush=True)
+    print(f"resuming {run_dir}: {trainer.stage} stage after epoch {trainer.epoch}"
+          f"{' (the checkpoint before the latest)' if previous else ''}", flush=True)
     trainer.fit() if trainer.stage == "train" else trainer.finetune()
     return _finish(trainer)
 
 
 def cmd_finetune(args) -> int:
-    "Run `awd-edu finetune`."
+    "Run `awd-edu finetune`: resume the training stage, then `Trainer.finetune`."
     run_dir = _existing_run(args.run_dir)
-    pointer = run_dir / "checkpoints" / "finetune-latest.json"
-    if pointer.is_file():
-        state = json.loads(pointer.read_text())
-        if state["finished"]:
-            raise FileExistsError(f"{run_dir} has been fine-tuned already ({state['epoch']} epochs); nothing was "
-                                  f"changed. Evaluate it with `awd-edu evaluate {run_dir}`.")
-        raise FileExistsError(f"fine-tuning of {run_dir} stopped after epoch {state['epoch']}; continue it with "
+    pointer = checkpoint.read_pointer(run_dir, "finetune")
+    if pointer is not None:
+        if pointer.get("finished"):
+            raise FileExistsError(f"{run_dir} has been fine-tuned already ({_plural(pointer['epoch'], 'epoch')}); "
+                                  f"nothing was changed. Evaluate it with `awd-edu evaluate {run_dir}`.")
+        raise FileExistsError(f"fine-tuning of {run_dir} stopped after epoch {pointer['epoch']}; continue it with "
                               f"`awd-edu resume {run_dir}`.")
-    if not (run_dir / "best.safetensors").is_file():
-        raise FileNotFoundError(f"{run_dir} has no best.safetensors yet (no epoch finished); train it first")
-    if args.epochs is not None:
-        config = train.TrainConfig.load(run_dir / "config.json").replace(finetune_epochs=args.epochs)
-        config.save(run_dir / "config.json")
-    trainer = train.Trainer.resume(run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet)
-    if not trainer.finished:
-        print(f"note: training stopped after epoch {trainer.epoch} of {trainer.config.epochs}; fine-tuning its best "
-              f"weights anyway")
-    print(f"fine-tuning the best weights of {run_dir} (at most {trainer.config.finetune_epochs} epochs, stops when "
-          f"validation stalls for {trainer.config.nonmono})", flush=True)
-    trainer.finetune()
+    callbacks = _callbacks(run_dir, args)
+    trainer = train.Trainer.resume(run_dir, callbacks=callbacks, progress=not args.quiet)
+    if trainer.finished or args.allow_unfinished:   # what `Trainer.finetune` accepts
+        if args.epochs is not None:   # `Trainer.resume` records it in config.json, so only once the run is accepted
+            trainer = train.Trainer.resume(run_dir, corpus=trainer.corpus, callbacks=callbacks,
+                                           progress=not args.quiet, finetune_epochs=args.epochs)
+        if not trainer.finished:
+            print(f"note: training stopped after epoch {trainer.epoch} of {trainer.config.epochs}; fine-tuning its "
+                  f"best weights anyway (--allow-unfinished)")
+        print(f"fine-tuning the best weights of {run_dir} (at most {_plural(trainer.config.finetune_epochs, 'epoch')}"
+              f", stops when validation stalls for {trainer.config.nonmono})", flush=True)
+    trainer.finetune(allow_unfinished=args.allow_unfinished)   # refuses unfinished training, saying why
     return _finish(trainer)
 
 # %% ../nbs/11_cli.ipynb #4a33e3da
-def _load_best(run_dir, device: str = "auto") -> tuple:
-    "`(config, corpus, model)` with the run's best weights, checked against its vocabulary and sizes."
-    run_dir = _existing_run(run_dir)
-    best = run_dir / "best.safetensors"
-    if not best.is_file():
-        raise FileNotFoundError(f"{run_dir} has no best.safetensors yet (no epoch finished); nothing to load")
-    config = train.TrainConfig.load(run_dir / "config.json")
-    corpus = data.load_ptb(config.data_dir)
-    model = train.build_model(config, len(corpus.vocab)).to(train.resolve_device(device))
-    train.load_weights(model, best, expect=train.weights_metadata(config, corpus.vocab))
-    return config, corpus, model
+def _finite(value):
+    "`value` with every infinite or NaN float replaced by None, so that `--json` prints standard JSON."
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def cmd_evaluate(args) -> int:
     "Run `awd-edu evaluate`."
-    config, corpus, model = _load_best(args.run_dir, args.device)
+    run_dir = _existing_run(args.run_dir)
+    config, corpus, model = train.load_best(run_dir, args.device)
     device = next(model.parameters()).device
     tokens = getattr(corpus, args.split)[:config.max_eval_tokens]
-    result = dict(run_dir=str(args.run_dir), split=args.split, tokens=len(tokens))
+    result = dict(run_dir=str(run_dir), split=args.split, tokens=len(tokens))
     if args.cache:
+        if args.batch_size not in (None, 1):
+            raise ValueError(f"--cache scores one stream, at batch 1; drop --batch-size {args.batch_size}")
         from awd_edu.cache import CACHE_PRESETS, evaluate_with_cache  # chapter 09
         params = dict(CACHE_PRESETS["ptb"])
         params.update({k: getattr(args, k) for k in ("window", "theta", "lambdasm") if getattr(args, k) is not None})
         r = evaluate_with_cache(model, data.batchify(tokens, 1).to(device), bptt=config.bptt, **params)
-        result.update(batch_size=1, cache=params, ppl=r["ppl"], loss=r["loss"], ppl_without_cache=r["base_ppl"],
-                      loss_without_cache=r["base_loss"])
-        text = (f"{args.split} perplexity {r['base_ppl']:.2f} without the cache, {r['ppl']:.2f} with it "
-                f"(window {params['window']}, theta {params['theta']}, lambdasm {params['lambdasm']}; batch 1)")
+        result.update(batch_size=1, cache=params, loss=r["loss"], ppl=loop.perplexity(r["loss"]),
+                      loss_without_cache=r["base_loss"], ppl_without_cache=loop.perplexity(r["base_loss"]))
+        text = (f"{args.split} perplexity {result['ppl_without_cache']:.2f} without the cache, {result['ppl']:.2f} "
+                f"with it (window {params['window']}, theta {params['theta']}, lambdasm {params['lambdasm']}; batch 1)")
     else:
         bsz = args.batch_size or (config.eval_batch_size if args.split == "valid" else config.test_batch_size)
-        loss = train.evaluate(model, data.batchify(tokens, bsz).to(device), config.bptt)
-        result.update(batch_size=bsz, loss=loss, ppl=math.exp(loss))
-        text = f"{args.split} perplexity {math.exp(loss):.2f} (batch {bsz}, {len(tokens):,} tokens)"
-    print(json.dumps(result, indent=2) if args.json else text)
+        if bsz > len(tokens) // 2:
+            raise ValueError(f"--batch-size {bsz} is too large for the {len(tokens):,} tokens of the {args.split} "
+                             f"split (each column needs at least 2); use at most {len(tokens) // 2:,}")
+        loss = loop.evaluate(model, data.batchify(tokens, bsz).to(device), config.bptt, progress=not args.quiet)
+        result.update(batch_size=bsz, loss=loss, ppl=loop.perplexity(loss))
+        text = f"{args.split} perplexity {result['ppl']:.2f} (batch {bsz}, {len(tokens):,} tokens)"
+    print(json.dumps(_finite(result), indent=2, allow_nan=False) if args.json else text)
     return 0
 
 
 def cmd_generate(args) -> int:
     "Run `awd-edu generate`."
-    if args.words < 1:
-        raise ValueError(f"--words must be >= 1, got {args.words}")
-    if not args.temperature > 0:
-        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
-    _, corpus, model = _load_best(args.run_dir, args.device)
-    words = train.sample_words(model, corpus.vocab, args.words, args.temperature, args.prompt, args.seed)
-    print(train.format_words(args.prompt.split() + words))
+    _, corpus, model = train.load_best(_existing_run(args.run_dir), args.device)
+    words = sample_words(model, corpus.vocab, args.words, args.temperature, args.prompt, args.seed)
+    print(format_words(args.prompt.split() + words))
     return 0
 
+# %% ../nbs/11_cli.ipynb #5c1d8e09
+def _type_name(key: str) -> str:
+    "What `--set KEY=...` takes: `int`, `float`, `bool`, `str`, or `int or none`."
+    hint = typing.get_type_hints(TrainConfig)[key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return f"{args[0].__name__} or none" if args else hint.__name__
+
+
+def _shown(value) -> str:
+    "A setting's value as `--set` takes it: `none`, `true`/`false`, numbers and words as they are."
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _settings_table(configs: dict) -> str:
+    "Every setting of the configs `{name: TrainConfig}` side by side; `*` marks a value that differs from the paper's."
+    paper = TrainConfig()
+    rows = [["setting", "type", *configs]]
+    for key in CONFIG_FIELDS:
+        if key != "preset":
+            rows.append([key, _type_name(key)] + [_shown(getattr(c, key)) + (" *" if getattr(c, key) !=
+                                                  getattr(paper, key) else "") for c in configs.values()])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def cmd_presets(args) -> int:
+    "Run `awd-edu presets`: the presets' settings side by side (or one preset's), as a table or as JSON."
+    names = [resolve_preset(args.name)[0]] if args.name else list(PRESETS)
+    configs = {name: TrainConfig.from_preset(name) for name in names}
+    if args.json:
+        print(json.dumps({name: c.to_dict() for name, c in configs.items()}, indent=2))
+        return 0
+    print(_settings_table(configs))
+    auto, reason = resolve_preset("auto")
+    print(f"* differs from the paper's setting (the ptb preset).\n--preset auto is {auto} on this machine: {reason}.")
+    return 0
+
+# %% ../nbs/11_cli.ipynb #b881b2c1
+DEBUG_ENV = "AWD_EDU_DEBUG"  # set to 1: errors keep their traceback, as with --debug
+
+_CANNOT_WRITE = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not open to you (permission denied)",
+                 errno.EPERM: "is not open to you (operation not permitted)",
+                 errno.ENOSPC: "cannot be written: no space left on its device"}
+if hasattr(errno, "EDQUOT"):
+    _CANNOT_WRITE[errno.EDQUOT] = "cannot be written: disk quota exceeded"
+
+
+def _where(error: OSError) -> str:
+    "The file an OSError is about; for the temporary file of an atomic write, its folder."
+    if not error.filename:
+        return "a file it needs"
+    path = Path(str(error.filename))
+    if path.name.startswith(".") and path.name.endswith(".tmp"):
+        return f"the folder {path.parent}"
+    return str(path)
+
+
+def _fix_for_files(error: OSError, command: str, run_dir) -> str:
+    "What to do when `command` cannot write (or read) the files it needs."
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None)):
+        then = f"`awd-edu resume {run_dir}` goes on from the last completed epoch" if run_dir else "run it again"
+        return f"free some space, then {then}"
+    if command == "data":
+        return f"choose another --dir, or set {data.ENV_VAR} to a folder you can write"
+    if command == "train":
+        return "train into a --run-dir you can write"
+    if run_dir and command in ("resume", "finetune"):
+        return (f"make {run_dir} writable, or copy it (`cp -r {run_dir} NEW_DIR`) and run "
+                f"`awd-edu {command} NEW_DIR`")
+    return "check its permissions"
+
+
+def explain(error: BaseException,  # what a command raised
+            command: str,  # the subcommand, named at the start of the message
+            run_dir=None,  # the run directory the command works on, named in the fix
+           ) -> tuple | None:
+    "`(exit status, message)` for an error the user can act on; None for anything else (a bug keeps its traceback)."
+    say = lambda text: (2, f"awd-edu {command}: error: {text}")
+    if isinstance(error, loop.TrainingDiverged):
+        return 1, f"awd-edu {command}: stopped: {error}"
+    if isinstance(error, KeyboardInterrupt):
+        then = (f"; every completed epoch is checkpointed, `awd-edu resume {run_dir}` goes on from the last one"
+                if run_dir and command in ("train", "resume", "finetune") else "")
+        return 130, f"awd-edu {command}: interrupted{then}"
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        what = str(error).partition("\n")[0][:100]
+        return say(f"out of GPU memory ({what}); lower batch_size or the model's sizes with --set, or use --device cpu")
+    if isinstance(error, OSError) and error.errno in _CANNOT_WRITE:
+        return say(f"{_where(error)} {_CANNOT_WRITE[error.errno]}; {_fix_for_files(error, command, run_dir)}")
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        return say(f"{error.strerror}: {_where(error)}")   # e.g. an input/output error of the disk
+    if isinstance(error, (ValueError, OSError, data.DownloadError)):
+        return say(error)   # the package's messages name the file or the setting and the fix
+    return None
+
 # %% ../nbs/11_cli.ipynb #501fbcc2
-def _add_run_options(p, progress: bool = True):
-    if progress:
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--no-report", action="store_true", help="do not write report.html in the run directory")
+def _positive(kind):
+    "An argparse type: a number of type `kind` (int or float) that is finite and > 0."
+    what = "an integer" if kind is int else "a number"
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}") from None
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}")
+        return value
+    return parse
+
+
+def _add_run_options(p):
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html in the run directory")
+
+
+def add_data_parser(sub) -> None:
+    "Add the `data` subcommand to the subparsers `sub`."
+    p = sub.add_parser("data", help="download, verify or describe Penn Treebank",
+                       description=f"Penn Treebank files. Where they live: --dir if given, else ${data.ENV_VAR}/ptb, "
+                                   f"else the per-user cache folder.")
+    p.add_argument("action", choices=["download", "verify", "info"],
+                   help="download: fetch missing or damaged files (a no-op when all three are valid); verify: check "
+                        "SHA-256; info: sizes and counts")
+    p.add_argument("--dir", default=None, help="folder of the PTB files (default: see above)")
+    p.add_argument("--mirror", action="append", metavar="URL",
+                   help="download from this mirror instead of the defaults (repeatable): a base URL of the raw "
+                        "files or a .tgz archive holding data/ptb.*.txt")
+    p.add_argument("--timeout", type=_positive(float), default=30.0,
+                   help="seconds a mirror may stay silent (default 30)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or download messages")
+    p.add_argument("--json", action="store_true", help="info: print JSON")
+    p.set_defaults(func=cmd_data)
 
 
 def add_train_parsers(sub) -> None:
     "Add `train`, `resume`, `finetune`, `evaluate` and `generate` to the subparsers `sub`."
-    presets = ", ".join(train.PRESETS)
+    presets = ", ".join(PRESETS)
+    keys = ", ".join(k for k in CONFIG_FIELDS if k != "preset")
     p = sub.add_parser("train", help="train an AWD-LSTM on PTB into a run directory",
                        description="Train an AWD-LSTM on Penn Treebank. The run directory gets config.json, "
                                    "metrics.jsonl, checkpoints (every epoch), best.safetensors, results.json and "
                                    "report.html. An existing run is never overwritten.")
     p.add_argument("--preset", default="auto",
-                   help=f"one of {presets}, or auto: ptb on a CUDA machine, ptb-small otherwise (default: auto)")
+                   help=f"one of {presets}, or auto: ptb on a CUDA machine, ptb-small otherwise (default: auto); "
+                        f"`awd-edu presets` shows their settings")
     p.add_argument("--run-dir", default=None, help="folder of the run (default: runs/<preset>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a TrainConfig setting, typed by its field, e.g. --set lr=20 --set dropouti=0.5 "
-                        "(repeatable)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
+                   help=f"change one setting, typed by its field, e.g. --set lr=20 --set dropouti=0.5 (repeatable). "
+                        f"KEY is one of: {keys}. `awd-edu presets` shows each one's type and value")
+    p.add_argument("--epochs", type=_positive(int), default=None, help="training epochs (default: the preset's)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 141)")
     p.add_argument("--data-dir", default=None, help=f"folder of the PTB files (default: ${data.ENV_VAR}/ptb)")
     p.add_argument("--resume-existing", action="store_true",
                    help="if the run directory already holds this run (same config), resume it instead of refusing")
+    p.add_argument("--show", action="store_true",
+                   help="print the settings this command would train with (the preset, --set and the flags "
+                        "applied) and stop")
     _add_run_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("resume", help="continue a stopped or killed run from its last completed epoch",
                        description="Continue the run in RUN_DIR from its last checkpoint (training, or fine-tuning "
                                    "if it had begun), with the config stored there. The result is the same as an "
-                                   "uninterrupted run.")
+                                   "uninterrupted run. A refused resume changes nothing in RUN_DIR.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=_positive(int), default=None,
                    help="train until this many epochs in all, e.g. to extend a finished run (default: the config's)")
+    p.add_argument("--from-previous", action="store_true",
+                   help="resume from the checkpoint before the latest one (when the latest is damaged): its last "
+                        "epoch is trained again")
     _add_run_options(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("finetune", help="fine-tune the best weights of a run (the paper's last stage)",
                        description="Fine-tune RUN_DIR's best weights: fresh averaged SGD, window lengths capped at "
                                    "bptt+10, stops when validation stalls (the NT-ASGD rule); best.safetensors is "
-                                   "replaced only by better weights.")
+                                   "replaced only by better weights. The training stage must have finished.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default: finetune_epochs)")
+    p.add_argument("--epochs", type=_positive(int), default=None,
+                   help="at most this many epochs (default: finetune_epochs)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="fine-tune although training stopped before its last epoch; its training can then no "
+                        "longer be continued")
     _add_run_options(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -311,49 +483,76 @@ def add_train_parsers(sub) -> None:
                                    "theta 1.0, lambdasm 0.1, at batch 1).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
     p.add_argument("--split", choices=["valid", "test"], default="valid", help="which split (default: valid)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=_positive(int), default=None,
                    help="columns (default: eval_batch_size for valid, test_batch_size for test; 1 with --cache)")
     p.add_argument("--cache", action="store_true", help="add the neural cache (batch 1)")
-    p.add_argument("--window", type=int, default=None, help="cache window (default 500)")
+    p.add_argument("--window", type=_positive(int), default=None, help="cache window (default 500)")
     p.add_argument("--theta", type=float, default=None, help="cache theta (default 1.0)")
     p.add_argument("--lambdasm", type=float, default=None, help="cache weight lambda (default 0.1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (a perplexity too large for a float is null)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("generate", help="sample text from a run's best weights",
                        description="Sample words from RUN_DIR's best weights, each from softmax(logits / T).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--words", type=int, default=50, help="how many words to draw (default 50)")
-    p.add_argument("--temperature", type=float, default=1.0, help="T > 0; below 1 is more conservative (default 1.0)")
+    p.add_argument("--words", type=_positive(int), default=50, help="how many words to draw (default 50)")
+    p.add_argument("--temperature", type=_positive(float), default=1.0,
+                   help="T > 0; below 1 is more conservative (default 1.0)")
     p.add_argument("--seed", type=int, default=None, help="seed for a reproducible sample")
     p.add_argument("--prompt", default="", help="words to start from, in PTB's tokens (lower-case, N for numbers)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=cmd_generate)
 
+
+def add_presets_parser(sub) -> None:
+    "Add `presets` to the subparsers `sub`."
+    p = sub.add_parser("presets", help="show every setting of the presets, side by side",
+                       description="Every setting of each preset (the values `train --preset NAME` starts from), "
+                                   "its type as `--set` takes it, and which values differ from the paper's.")
+    p.add_argument("name", nargs="?", default=None, help=f"only this preset ({', '.join(PRESETS)} or auto)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_presets)
+
 # %% ../nbs/11_cli.ipynb #2e8022f5
-USER_ERRORS = (data.DataNotFoundError, data.ChecksumError, data.DownloadError, ValueError, FileExistsError,
-               FileNotFoundError)
-
-
 def build_parser() -> argparse.ArgumentParser:
     "The `awd-edu` argument parser with all its subcommands."
-    parser = argparse.ArgumentParser(prog="awd-edu", description="Train, evaluate and sample AWD-LSTM language models.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    parser = argparse.ArgumentParser(
+        prog="awd-edu", description="Train, evaluate and sample AWD-LSTM language models.",
+        epilog=f"An error prints one message naming the file or the setting and the fix, and exits with status 2 "
+               f"(1: training diverged). --debug, or {DEBUG_ENV}=1, shows its traceback as well.")
+    parser.add_argument("--version", action="version",
+                        version=f"awd-edu {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+    debug = dict(action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
+    parser.add_argument("--debug", **debug)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_data_parser(sub)
     add_train_parsers(sub)
+    add_presets_parser(sub)
+    for p in sub.choices.values():   # also after the command; SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", default=argparse.SUPPRESS, **debug)
     return parser
 
 
 def main(argv=None) -> int:
-    "Run the `awd-edu` command line; return the exit status."
-    args = build_parser().parse_args(argv)
+    "Run the `awd-edu` command line; return the exit status (0 done, 1 training diverged, 2 an error it explained)."
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:   # --help, --version, or a usage error argparse has printed
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.func(args)
-    except USER_ERRORS as e:
-        print(f"awd-edu {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except train.TrainingDiverged as e:
-        print(f"awd-edu {args.command}: stopped: {e}", file=sys.stderr)
-        return 1
+    except BaseException as e:
+        explained = None if debug else explain(e, args.command, getattr(args, "run_dir", None))
+        if explained is None:
+            raise
+        status, message = explained
+        print(message, file=sys.stderr)
+        return status
+
+# %% ../nbs/11_cli.ipynb #ab5c5f83
+#| eval: false
+if __name__ == "__main__":   # `python -m awd_edu.cli ...`, `torchrun -m awd_edu.cli ...`
+    sys.exit(main())

@@ -1,5 +1,7 @@
 """The `awd-edu` command line: `data download|verify|info`, exit statuses and error messages."""
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,7 +52,126 @@ def test_download_with_only_bad_mirrors_exits_2_naming_them(mirrors, tmp_path, c
     assert all(m in err for m in bad) and "Could not download" in err
 
 
-def test_unknown_action_is_rejected():
-    with pytest.raises(SystemExit) as e:
-        main(["data", "fetch"])
-    assert e.value.code == 2
+def test_unknown_action_is_rejected(capsys):
+    assert main(["data", "fetch"]) == 2   # main returns argparse's status instead of exiting
+    assert "invalid choice: 'fetch'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- what a user expects of a CLI
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_module(*args, **env):
+    "`python -m ARGS` with this tree's package first on the path."
+    path = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": path, **env})
+
+
+def test_version(capsys):
+    import awd_edu
+    r = run_module("awd_edu", "--version")
+    assert r.returncode == 0 and r.stdout.startswith(f"awd-edu {awd_edu.__version__} (torch ")
+    assert main(["--version"]) == 0 and awd_edu.__version__ in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["awd_edu", "awd_edu.cli"])
+def test_python_dash_m_runs_the_command_line(module, tmp_path):
+    r = run_module(module, "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: awd-edu") and "presets" in r.stdout
+    r = run_module(module, "data", "verify", "--dir", str(tmp_path))   # the exit status comes through
+    assert r.returncode == 2 and r.stderr.startswith("awd-edu data: error: ") and "Traceback" not in r.stderr
+
+
+def table(text: str) -> dict:
+    "The rows of `awd-edu presets` (or `train --show`) as {setting: [type, value, value, ...]}."
+    lines = text.splitlines()
+    head = lines[0].split()
+    rows = {}
+    for line in lines[1:]:
+        if not line or line.startswith(("*", "--")):
+            break
+        cells = [c.strip() for c in re.split(r" {2,}", line.strip())]
+        rows[cells[0]] = cells[1:]
+    assert all(len(cells) == len(head) - 1 for cells in rows.values()), rows
+    return rows
+
+
+def test_presets_shows_every_value_as_set_takes_it(capsys):
+    from awd_edu.config import CONFIG_FIELDS, PRESETS, TrainConfig, parse_value, preset_changes
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    rows = table(out)
+    assert set(rows) == set(CONFIG_FIELDS) - {"preset"}
+    for col, name in enumerate(PRESETS, start=1):
+        config, changed = TrainConfig.from_preset(name), preset_changes(name)
+        for key, cells in rows.items():
+            value, marked = cells[col].removesuffix(" *"), cells[col].endswith(" *")
+            assert parse_value(key, value) == getattr(config, key), (name, key, value)   # what --set would take
+            assert marked == (key in changed), (name, key)
+    assert "--preset auto is ptb" in out
+    assert main(["presets", "tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"tiny": TrainConfig.from_preset("tiny").to_dict()}
+    assert main(["presets", "huge"]) == 2 and "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_train_show_prints_the_settings_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "tiny", "--set", "lr=20", "--epochs", "5", "--show"]) == 0
+    rows = table(capsys.readouterr().out)
+    assert rows["lr"] == ["float", "20.0 *"] and rows["epochs"] == ["int", "5 *"] and rows["bptt"] == ["int", "20 *"]
+    assert rows["clip"] == ["float", "0.25"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_set_help_lists_every_setting():
+    from awd_edu.config import CONFIG_FIELDS
+    out = run_module("awd_edu", "train", "--help").stdout
+    help_of_set = " ".join(out.split("--set KEY=VALUE")[-1].split("--epochs")[0].split())
+    assert all(key in help_of_set for key in CONFIG_FIELDS if key != "preset"), help_of_set
+
+
+def test_the_cpu_preset_fine_tunes_for_no_longer_than_it_trains():
+    from awd_edu.config import TrainConfig, resolve_preset
+    cpu = TrainConfig.from_preset(resolve_preset("auto", cuda=False)[0])
+    assert 1 <= cpu.finetune_epochs <= cpu.epochs <= 10
+
+
+# ------------------------------------------------------------------------------- data info on damaged files
+def damaged_copy(ptb_folder, folder, name, how):
+    folder.mkdir()
+    for n in PTB_FILES:
+        (folder / n).symlink_to(ptb_folder / n)
+    raw = (ptb_folder / name).read_bytes()
+    (folder / name).unlink()
+    (folder / name).write_bytes({"truncated": raw[: len(raw) // 2],
+                                 "altered": raw.replace(b" the ", b" teh ", 1),
+                                 "html": b"<!DOCTYPE html><html><body>rate limited</body></html>\n"}[how])
+    return folder
+
+
+@pytest.mark.parametrize("name, how", [("ptb.train.txt", "truncated"), ("ptb.valid.txt", "altered"),
+                                       ("ptb.test.txt", "html")])
+def test_info_on_a_damaged_file_says_damaged_not_unknown_words(ptb_folder, tmp_path, capsys, name, how):
+    folder = damaged_copy(ptb_folder, tmp_path / "ptb", name, how)
+    assert main(["data", "info", "--dir", str(folder)]) == 1
+    out, err = capsys.readouterr()
+    assert f"{name:14s}" in out and "DAMAGED" in out and "vocabulary" not in out
+    assert str(folder / name) in err and "truncated or altered" in err and f"awd-edu data download --dir {folder}" in err
+    assert ("HTML page" in err) == (how == "html")
+    assert "<unk>" not in err and "not in the training vocabulary" not in err
+    assert main(["data", "info", "--json", "--dir", str(folder)]) == 1
+    info = json.loads(capsys.readouterr().out)
+    assert [n for n, e in info["files"].items() if not e["sha256_ok"]] == [name] and "vocab_size" not in info
+
+
+def test_download_hides_pooch_hash_advice_and_quiet_hides_its_log(mirrors, tmp_path):
+    loud = run_module("awd_edu", "data", "download", "--dir", str(tmp_path / "a"), "--mirror", mirrors["good"])
+    assert loud.returncode == 0, loud.stderr
+    assert "Downloading data from" in loud.stderr and "known_hash" not in loud.stderr   # pooch's log reaches stderr
+    quiet = run_module("awd_edu", "data", "download", "--quiet", "--dir", str(tmp_path / "b"),
+                       "--mirror", mirrors["good"])
+    assert quiet.returncode == 0 and quiet.stderr == "" and "SHA-256 verified" in quiet.stdout
+    again = run_module("awd_edu", "data", "download", "--quiet", "--dir", str(tmp_path / "b"),
+                       "--mirror", mirrors["down"])   # valid files: nothing to fetch, the mirror is never asked
+    assert again.returncode == 0 and again.stderr == ""

@@ -45,8 +45,10 @@ def snapshot(folder):
 @pytest.mark.parametrize("command, words", [
     ("train", ["--preset", "tiny", "ptb-small", "auto", "--run-dir", "--set", "KEY=VALUE", "--resume-existing"]),
     ("resume", ["RUN_DIR", "last checkpoint"]),
-    ("finetune", ["RUN_DIR", "bptt+10", "--epochs"]),
-    ("evaluate", ["--split", "--cache", "--window", "--theta", "--lambdasm"]),
+    ("resume", ["--from-previous", "--epochs"]),
+    ("finetune", ["RUN_DIR", "bptt+10", "--epochs", "--allow-unfinished"]),
+    ("evaluate", ["--split", "--cache", "--window", "--theta", "--lambdasm", "--quiet"]),
+    ("presets", ["--json"]),
     ("generate", ["--words", "--temperature", "--seed", "--prompt"]),
 ])
 def test_every_command_has_a_clear_help(command, words):
@@ -176,7 +178,7 @@ def test_evaluate_refuses_weights_of_another_vocabulary_or_config(copy_of, capsy
     assert "vocabulary" in capsys.readouterr().err
     save_file(tensors, str(best), metadata=meta)
     cfg = json.loads((copy_of / "config.json").read_text())
-    cfg["emb_size"] = 32
+    cfg["emb_size"] = cfg["hidden_size"] = 32   # one tied layer: both sizes must agree
     (copy_of / "config.json").write_text(json.dumps(cfg))
     assert main(["generate", str(copy_of)]) == 2
     assert "model sizes" in capsys.readouterr().err
@@ -199,8 +201,24 @@ def test_generate_is_reproducible_and_checks_its_input(trained, capsys):
 
 
 def test_a_diverging_run_exits_1_with_its_message(tmp_path, capsys, monkeypatch, ptb_folder):
+    import awd_edu.loop
     nan = torch.tensor(float("nan"), requires_grad=True)
-    monkeypatch.setattr(T, "lm_loss", lambda out, targets, alpha, beta: (nan * 1, nan.detach()))
+    monkeypatch.setattr(awd_edu.loop, "lm_loss", lambda out, targets, alpha, beta: (nan * 1, nan.detach()))
     assert main(["train", "--preset", "tiny", "--run-dir", str(tmp_path / "r"), "--epochs", "1"] + QUICK) == 1
     err = capsys.readouterr().err
     assert "diverged" in err and "no checkpoint had been written yet" in err
+
+
+def test_progress_bars_count_batches_with_tokens_per_second(tmp_path, capsys, ptb_folder):
+    run = tmp_path / "r"
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run), "--epochs", "1", "--no-report",
+                 "--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800"]) == 0
+    err = capsys.readouterr().err
+    n = T.read_metrics(run)[0]["n_batches"]          # windows of the epoch, about 4000 / 10 / 20
+    assert f"train epoch 1: 100%" in err and f" {n}/{n} " in err and "batch/s" in err and "tok_s=" in err
+    assert main(["evaluate", str(run)]) == 0
+    err = capsys.readouterr().err
+    batches = math.ceil((800 // 10 - 1) / 20)        # valid: 800 tokens in 10 columns, windows of bptt 20
+    assert f"evaluate:   0%|" in err and f"0/{batches} " in err
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

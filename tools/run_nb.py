@@ -1,7 +1,8 @@
 """Execute notebooks in place and keep their outputs, the way `nbdev_test` decides what runs.
 
 Cells flagged with one of settings.ini's `tst_flags` (`#| slow`, `#| gpu`) are skipped (their outputs are left as
-they were) unless named with `--flags`. Widget state is not stored: a plotly FigureWidget would otherwise save its
+they were) unless named with `--flags`; cells marked `#| eval: false` are never run, as `nbdev_test` never runs them
+(e.g. chapter 11's `if __name__ == "__main__"` guard, which a kernel, whose `__name__` is "__main__", would execute). Widget state is not stored: a plotly FigureWidget would otherwise save its
 whole JavaScript bundle into the notebook. Every notebook gets the `python3` kernelspec, so JupyterLab, Binder and
 Colab open it without asking.
 
@@ -32,6 +33,18 @@ def cell_flags(source: str) -> set:
     return flags
 
 
+def no_eval(source: str) -> bool:
+    "Is the cell marked `#| eval: false` (nbdev_test skips it)?"
+    for line in source.splitlines():
+        s = line.strip()
+        if not s.startswith("#|"):
+            return False
+        key, _, value = s[2:].strip().partition(":")
+        if key.strip() == "eval" and value.strip().lower() == "false":
+            return True
+    return False
+
+
 def run_notebook(path, force_flags=(), timeout=1800) -> list:
     "Execute `path` in place, skipping cells flagged with a tst_flag not in `force_flags`; return skipped indices."
     cfg = configparser.ConfigParser(delimiters=["="])
@@ -40,7 +53,8 @@ def run_notebook(path, force_flags=(), timeout=1800) -> list:
     nb = nbformat.read(path, as_version=4)
     nb.metadata["kernelspec"] = KERNELSPEC
     run = copy.deepcopy(nb)
-    skipped = [i for i, c in enumerate(run.cells) if c.cell_type == "code" and cell_flags(c.source) & skip]
+    skipped = [i for i, c in enumerate(run.cells)
+               if c.cell_type == "code" and (cell_flags(c.source) & skip or no_eval(c.source))]
     for i in skipped:
         run.cells[i].source = "pass"
     NotebookClient(run, timeout=timeout, kernel_name="python3", store_widget_state=False,

@@ -1,24 +1,63 @@
 #!/usr/bin/env bash
-# The whole test suite, in the order a contributor needs the answers:
-# the package matches the notebooks, the notebooks are clean, the notebooks run, the tests pass.
-set -euo pipefail
+# The whole test suite, in the order a contributor needs the answers: the data is there, the package matches the
+# notebooks, the notebooks are clean, the notebooks run, the tests pass.
+#
+#   tools/test.sh              everything (`make test`, what CI runs)
+#   tools/test.sh --fast       the data, the sync checks and `pytest -m "not slow"`: no notebooks (`make test-fast`)
+#   tools/test.sh --data-only  only the first step: make sure Penn Treebank is there
+#
+# Penn Treebank comes first: `awd-edu data download` checks the files under $AWD_EDU_DATA/ptb (else the per-user
+# cache) and fetches only what is missing or damaged, so with valid files it is a no-op that needs no network.
+# Without the files and without a network it fails here, in seconds, with the fix. AWD_EDU_PTB_MIRRORS
+# (space-separated URLs) replaces the default mirrors; AWD_EDU_DOWNLOAD_TIMEOUT (seconds, default 15) is how long
+# a silent mirror is waited for.
+#
+# A failing step does not stop the later ones (pytest runs even when a notebook fails); the script fails at the end
+# if any step failed, and says which. Only a missing dataset stops it at once: every later step needs the data.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
+MODE=all
+case "${1:-}" in
+  "") ;;
+  --fast) MODE=fast ;;
+  --data-only) MODE=data ;;
+  *) echo "usage: tools/test.sh [--fast | --data-only]" >&2; exit 2 ;;
+esac
 
-echo "== awd_edu/ in sync with nbs/, notebooks clean"
-"$BIN/python" tools/check_sync.py
+echo "== Penn Treebank (awd-edu data download: checks the files, fetches only what is missing or damaged)"
+mirrors=()
+for url in ${AWD_EDU_PTB_MIRRORS:-}; do mirrors+=(--mirror "$url"); done
+if ! "$BIN/python" -m awd_edu data download --quiet --timeout "${AWD_EDU_DOWNLOAD_TIMEOUT:-15}" ${mirrors[@]+"${mirrors[@]}"}; then
+  echo "The tests need Penn Treebank and it could not be fetched (see above). Put the three files in a folder" \
+       "ptb/ and set AWD_EDU_DATA to the folder above it, or connect to the network, then run the tests again." >&2
+  exit 1
+fi
+[ "$MODE" = data ] && exit 0
 
-echo "== README.md in step with nbs/index.ipynb"
-"$BIN/python" tools/make_readme.py --check
+failed=()
+step() {   # step NAME COMMAND...: run it, remember a failure, go on
+  local name=$1; shift
+  echo "== $name"
+  "$@"
+  local rc=$?
+  if [ "$name" = pytest ] && [ "$rc" -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; fi
+  if [ "$rc" -ne 0 ]; then failed+=("$name (exit status $rc)"); fi
+}
 
-echo "== nbdev_test (cells flagged gpu or slow are skipped: settings.ini tst_flags)"
-# Two notebooks run at once on two cores: one torch thread each avoids oversubscription.
-OMP_NUM_THREADS=1 "$BIN/nbdev_test" --n_workers 2 --timing
+step "awd_edu/ in sync with nbs/, notebooks clean" "$BIN/python" tools/check_sync.py
+step "README.md in step with nbs/index.ipynb" "$BIN/python" tools/make_readme.py --check
+if [ "$MODE" = all ]; then
+  # Two notebooks run at once on two cores: one torch thread each avoids oversubscription.
+  # Cells flagged gpu or slow are skipped (settings.ini tst_flags).
+  step "nbdev_test" env OMP_NUM_THREADS=1 "$BIN/nbdev_test" --n_workers 2 --timing
+  step pytest "$BIN/python" -m pytest -q
+else
+  step pytest "$BIN/python" -m pytest -q -m "not slow"
+fi
 
-echo "== pytest"
-set +e
-"$BIN/python" -m pytest -q
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi
-exit "$rc"
+if [ "${#failed[@]}" -ne 0 ]; then
+  echo "== FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "== all passed"
