@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from . import checkpoint, data, loop, train
+from . import checkpoint, data, distributed, loop, train
 from .config import CONFIG_FIELDS, PRESETS, TrainConfig, resolve_preset
 from .generate import format_words, sample_words
 from .model import count_parameters
@@ -231,12 +231,9 @@ def cmd_finetune(args) -> int:
                                   f"nothing was changed. Evaluate it with `awd-edu evaluate {run_dir}`.")
         raise FileExistsError(f"fine-tuning of {run_dir} stopped after epoch {pointer['epoch']}; continue it with "
                               f"`awd-edu resume {run_dir}`.")
-    callbacks = _callbacks(run_dir, args)
-    trainer = train.Trainer.resume(run_dir, callbacks=callbacks, progress=not args.quiet)
-    if trainer.finished or args.allow_unfinished:   # what `Trainer.finetune` accepts
-        if args.epochs is not None:   # `Trainer.resume` records it in config.json, so only once the run is accepted
-            trainer = train.Trainer.resume(run_dir, corpus=trainer.corpus, callbacks=callbacks,
-                                           progress=not args.quiet, finetune_epochs=args.epochs)
+    changes = {"finetune_epochs": args.epochs} if args.epochs is not None else {}
+    trainer = train.Trainer.resume(run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet, **changes)
+    if trainer.finished or args.allow_unfinished:   # what `Trainer.finetune` accepts (config.json changes only if so)
         if not trainer.finished:
             print(f"note: training stopped after epoch {trainer.epoch} of {trainer.config.epochs}; fine-tuning its "
                   f"best weights anyway (--allow-unfinished)")
@@ -543,6 +540,9 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
+        group = distributed.init_from_env()   # under torchrun: join the processes (chapter 08g); else one process
+        if not group.is_main:                 # rank 0 speaks for the run; the others print only their errors
+            sys.stdout = open(os.devnull, "w")
         return args.func(args)
     except BaseException as e:
         explained = None if debug else explain(e, args.command, getattr(args, "run_dir", None))

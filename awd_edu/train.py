@@ -125,6 +125,7 @@ class Trainer:
         self.stage, self.epoch, self.finished = "train", 0, False  # epoch: completed epochs of this stage
         self.best_val_loss, self.switched_at, self.global_step = math.inf, None, 0
         self.history = []  # metrics dicts of every completed epoch, both stages
+        self.config_changed = False  # a resume's changes, written to config.json once a stage really runs
         if not _resuming and self.group.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir / "config.json")
@@ -303,6 +304,9 @@ def finetune(self, allow_unfinished: bool = False,  # fine-tune although trainin
 @patch_to(Trainer)
 def _run_stage(self) -> list:
     "Run epochs of the current stage until it is finished, telling the subscribers; returns the stage's metrics."
+    if self.config_changed and self.group.is_main:   # a resume's new limits: written now that a stage runs
+        self.config.save(self.run_dir / "config.json")
+    self.config_changed = False
     self._emit("start", epoch=self.epoch, step=self.global_step, history=list(self.history),
                n_params=count_parameters(self.model), device=str(self.device), run_dir=str(self.run_dir))
     error = None
@@ -403,9 +407,12 @@ def resume(cls, run_dir,  # a run directory made by `Trainer` or `awd-edu train`
     config = config.replace(**changes)
     trainer = cls(config, run_dir, corpus, callbacks, progress, group, _resuming=True)
     trainer.load_checkpoint(stage, from_previous)
+    limit = "epochs" if trainer.stage == "train" else "finetune_epochs"
+    if changes.get(limit, trainer.epoch) < trainer.epoch:
+        raise ValueError(f"{limit}={changes[limit]} is below the {trainer.epoch} epochs the {trainer.stage} stage has "
+                         f"already run; ask for at least {trainer.epoch}")
+    trainer.config_changed = bool(changes)   # config.json is rewritten only when a stage runs with them
     if trainer.group.is_main:
-        if changes:
-            config.save(run_dir / "config.json")     # only once the checkpoint has loaded
         for folder in (run_dir, run_dir / "checkpoints"):   # temporary files of writes the crash interrupted
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)

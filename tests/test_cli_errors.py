@@ -91,12 +91,7 @@ def cli_env(**extra) -> dict:
 
 # ------------------------------------------------------------------------------------ damaged files in a run folder
 DAMAGE = {"half": lambda raw: raw[: len(raw) // 2], "10 bytes": lambda raw: raw[:10], "0 bytes": lambda raw: b""}
-# An empty state file makes torch.load raise EOFError(""), and checkpoint._read_state's `str(e).splitlines()[0]`
-# then raises IndexError instead of its CheckpointError (chapter 08b's to fix; see the report). Strict: once it is
-# fixed this xfail fails, and the mark should go.
-EMPTY_STATE_BUG = pytest.mark.xfail(raises=IndexError, strict=True,
-                                    reason="checkpoint._read_state: IndexError on the empty message of EOFError")
-STATE_DAMAGE = ["half", "10 bytes", pytest.param("0 bytes", marks=EMPTY_STATE_BUG)]
+STATE_DAMAGE = list(DAMAGE)   # an empty file makes torch.load raise EOFError with an empty message: covered too
 
 
 @pytest.mark.parametrize("size", STATE_DAMAGE)

@@ -109,3 +109,24 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "r"), str(tmp_path / "b"), "resume", "2"],
                        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode != 0 and "run of 2 process(es)" in r.stderr and "--nproc_per_node 2" in r.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_commands_train_and_resume_through_torchrun(tmp_path):
+    "`torchrun -m awd_edu.cli train ...` and `... resume` with 2 gloo processes, as the README shows them."
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    def torchrun(*args):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "awd_edu.cli",
+               *args, "--quiet", "--no-report"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    r = torchrun("train", "--preset", "tiny", "--run-dir", str(run), "--epochs", "1",
+                 "--set", "max_train_tokens=4000", "--set", "max_eval_tokens=1000")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("train epoch   1:") == 1                  # one process speaks for the run
+    r = torchrun("resume", str(run), "--epochs", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming" in r.stdout and r.stdout.count("train epoch   2:") == 1
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert torch.load(run / "checkpoints" / "train-e0002.state.pt", weights_only=True)["world_size"] == 2

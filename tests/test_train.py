@@ -297,7 +297,7 @@ def test_resume_refuses_a_hand_edited_config_and_changes_nothing(ptb_corpus, tmp
     assert checksums(run) == before
 
 
-def test_resume_may_extend_epochs_and_writes_the_config_only_once_loaded(ptb_corpus, tmp_path):
+def test_resume_may_extend_epochs_and_writes_the_config_only_when_a_stage_runs(ptb_corpus, tmp_path):
     run = tmp_path / "r"
     Trainer(small(epochs=1), run, corpus=ptb_corpus, progress=False).fit()
     state = checkpoint_dir(run) / "train-e0001.state.pt"
@@ -309,8 +309,21 @@ def test_resume_may_extend_epochs_and_writes_the_config_only_once_loaded(ptb_cor
     assert checksums(run) == before                                   # config.json not rewritten
     state.write_bytes(good)
     resumed = Trainer.resume(run, corpus=ptb_corpus, progress=False, epochs=3)
-    assert not resumed.finished and TrainConfig.load(run / "config.json").epochs == 3
+    assert not resumed.finished and TrainConfig.load(run / "config.json").epochs == 1   # not yet: nothing ran
     assert [m["epoch"] for m in resumed.fit()] == [1, 2, 3]
+    assert TrainConfig.load(run / "config.json").epochs == 3         # written when the stage ran
+    with pytest.raises(ValueError, match="epochs=2 is below the 3 epochs"):
+        Trainer.resume(run, corpus=ptb_corpus, progress=False, epochs=2)
+
+
+def test_a_finetune_refused_after_a_resume_leaves_the_config_as_it_was(ptb_corpus, tmp_path):
+    run = tmp_path / "r"
+    Trainer(small(epochs=2), run, corpus=ptb_corpus, progress=False).run_epoch()
+    before = checksums(run)
+    trainer = Trainer.resume(run, corpus=ptb_corpus, progress=False, finetune_epochs=5)
+    with pytest.raises(ValueError, match="training stopped after epoch 1 of 2"):
+        trainer.finetune()
+    assert checksums(run) == before
 
 
 def test_an_old_run_directory_still_resumes(ptb_corpus, tmp_path):
