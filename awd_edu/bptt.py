@@ -14,7 +14,7 @@ import torch
 from .data import get_batch
 
 # %% auto #0
-__all__ = ['sample_seq_len', 'scale_lr', 'bptt_batches']
+__all__ = ['sample_seq_len', 'seq_len_pmf', 'scale_lr', 'bptt_batches', 'window_starts']
 
 # %% ../nbs/04_bptt.ipynb #9ea75024
 def _check_int(name: str, value, low: int, fn: str):
@@ -65,6 +65,31 @@ def sample_seq_len(bptt: int,  # the nominal window length (70 for PTB)
     base = bptt if u < p_full else bptt / 2
     seq_len = max(min_len, int(base + std * z))  # int() truncates, as the paper's code does
     return seq_len if max_len is None else min(seq_len, max_len)
+
+# %% ../nbs/04_bptt.ipynb #eebd2d9d
+def _normal_below(x: float, mu: float, sigma: float) -> float:
+    "P(X < x) for X ~ N(mu, sigma^2); a step at mu when sigma is 0."
+    if sigma == 0:
+        return 1.0 if mu < x else 0.0
+    return 0.5 * (1 + math.erf((x - mu) / (sigma * math.sqrt(2))))
+
+
+def seq_len_pmf(bptt: int,  # the nominal window length
+                p_full: float = 0.95,  # probability of the base `bptt` (else `bptt / 2`)
+                std: float = 5.0,  # standard deviation of the normal draw
+                min_len: int = 5,  # the floor
+                max_len: int | None = None,  # optional cap
+               ) -> dict:
+    "The exact law of `sample_seq_len` with these arguments: `{length: probability}` for every length it can return."
+    bptt, p_full, std, min_len, max_len = _check_seq_len_args(bptt, p_full, std, min_len, max_len, "seq_len_pmf")
+    top = max_len if max_len is not None else max(min_len, int(bptt + 10 * std) + 1)
+    pmf = {}
+    for base, w in ((bptt, p_full), (bptt / 2, 1 - p_full)):
+        for k in range(min_len, top + 1):
+            lo = 0.0 if k == min_len else _normal_below(k, base, std)     # all of (-inf, min_len + 1) gives min_len
+            hi = 1.0 if k == max_len else _normal_below(k + 1, base, std)  # the cap collects the upper tail
+            pmf[k] = pmf.get(k, 0.0) + w * (hi - lo)
+    return pmf
 
 # %% ../nbs/04_bptt.ipynb #895aaacb
 @contextmanager
@@ -120,3 +145,17 @@ def bptt_batches(source: torch.Tensor,  # batchified stream, `(n_steps, bsz)`
             yield inputs, targets, len(inputs)
             i += len(inputs)
     return windows()
+
+# %% ../nbs/04_bptt.ipynb #ad131d98
+def window_starts(source: torch.Tensor,  # batchified stream, `(n_steps, bsz)`
+                  bptt: int,  # nominal window length
+                  generator: torch.Generator | None = None,  # draws the lengths, as in `bptt_batches`
+                  fixed: bool = False,  # True: windows of exactly `bptt`
+                  max_len: int | None = None,  # cap on sampled lengths
+                 ) -> list:
+    "The row at which each window of one `bptt_batches` epoch starts: where the gradient is cut."
+    starts, i = [], 0
+    for _, _, seq_len in bptt_batches(source, bptt, generator, max_len=max_len, fixed=fixed):
+        starts.append(i)
+        i += seq_len
+    return starts

@@ -15,8 +15,7 @@ from .dropout import LockedDropout, embedded_dropout
 from .weight_drop import WeightDrop, check_p
 
 # %% auto #0
-__all__ = ['layer_sizes', 'lstm_params', 'parameter_counts', 'count_parameters', 'AWDLSTMOutput', 'detach_hidden', 'AWDLSTM',
-           'architecture_figure', 'architecture_explorer']
+__all__ = ['layer_sizes', 'lstm_params', 'parameter_counts', 'count_parameters', 'AWDLSTMOutput', 'detach_hidden', 'AWDLSTM']
 
 # %% ../nbs/06_model.ipynb #927440fa
 def layer_sizes(emb_size: int,  # d, the embedding size
@@ -80,18 +79,22 @@ class AWDLSTM(nn.Module):
                  emb_size: int = 400,  # d, embedding size (and the last LSTM's output size when tied)
                  hidden_size: int = 1150,  # hidden size of the inner LSTM layers
                  n_layers: int = 3,  # L, number of one-layer LSTMs
-                 dropout: float = 0.4,  # locked dropout on the last layer's output
-                 dropouth: float = 0.3,  # locked dropout on the output of every other layer
-                 dropouti: float = 0.65,  # locked dropout on the embedded sequence
-                 dropoute: float = 0.1,  # embedding dropout: probability of dropping a word type
-                 wdrop: float = 0.5,  # DropConnect on each LSTM's hidden-to-hidden weights
+                 # The five drop probabilities default to the paper's PTB command: its code's argparse defaults,
+                 # dropouth 0.3 and dropouti 0.65, are overridden by the README's PTB command (0.25 and 0.4).
+                 dropout: float = 0.4,  # locked dropout on the last layer's output (the PTB command)
+                 dropouth: float = 0.25,  # locked dropout between layers (PTB command; the code's argparse default: 0.3)
+                 dropouti: float = 0.4,  # locked dropout on the embedded sequence (PTB command; argparse default: 0.65)
+                 dropoute: float = 0.1,  # embedding dropout: probability of dropping a word type (the PTB command)
+                 wdrop: float = 0.5,  # DropConnect on each LSTM's hidden-to-hidden matrix U (the PTB command)
                  tie_weights: bool = True,  # decoder shares the embedding matrix
                 ):
         super().__init__()
         self.vocab_size, self.emb_size = _check_size(vocab_size, "vocab_size"), _check_size(emb_size, "emb_size")
         self.hidden_size, self.n_layers = _check_size(hidden_size, "hidden_size"), _check_size(n_layers, "n_layers")
-        self.dropout, self.dropouth = check_p(dropout, "dropout", "AWDLSTM"), check_p(dropouth, "dropouth", "AWDLSTM")
-        self.dropouti, self.dropoute = check_p(dropouti, "dropouti", "AWDLSTM"), check_p(dropoute, "dropoute", "AWDLSTM")
+        self.dropout = check_p(dropout, "dropout", "AWDLSTM")
+        self.dropouth = check_p(dropouth, "dropouth", "AWDLSTM")
+        self.dropouti = check_p(dropouti, "dropouti", "AWDLSTM")
+        self.dropoute = check_p(dropoute, "dropoute", "AWDLSTM")
         self.wdrop = check_p(wdrop, "wdrop", "AWDLSTM")
         if not isinstance(tie_weights, bool):
             raise TypeError(f"AWDLSTM: tie_weights must be a bool, got {tie_weights!r}")
@@ -100,7 +103,7 @@ class AWDLSTM(nn.Module):
 
         self.encoder = nn.Embedding(vocab_size, emb_size)                       # E (V, d)
         self.input_drop = LockedDropout(self.dropouti)
-        self.rnns = nn.ModuleList(WeightDrop(nn.LSTM(i, o), ("weight_hh_l0",), dropout=self.wdrop)
+        self.rnns = nn.ModuleList(WeightDrop(nn.LSTM(i, o), ("weight_hh_l0",), self.wdrop)  # DropConnect on U
                                   for i, o in self.sizes)
         self.hidden_drop = LockedDropout(self.dropouth)                        # between layers
         self.output_drop = LockedDropout(self.dropout)                         # after the last layer
@@ -144,118 +147,3 @@ class AWDLSTM(nn.Module):
     def extra_repr(self) -> str:
         return (f"vocab_size={self.vocab_size}, sizes={self.sizes}, dropout={self.dropout}, dropouth={self.dropouth}, "
                 f"dropouti={self.dropouti}, dropoute={self.dropoute}, wdrop={self.wdrop}, tie_weights={self.tie_weights}")
-
-# %% ../nbs/06_model.ipynb #000d7fd6
-def _architecture_parts(vocab_size=10_000, emb_size=400, hidden_size=1150, n_layers=3, dropout=0.4, dropouth=0.3,
-                        dropouti=0.65, dropoute=0.1, wdrop=0.5, tie_weights=True):
-    "Shapes, annotations and title of the architecture diagram (plain dicts, for go.Figure layouts)."
-    counts = parameter_counts(vocab_size, emb_size, hidden_size, n_layers, tie_weights)
-    sizes = layer_sizes(emb_size, hidden_size, n_layers, tie_weights)
-    shapes, notes = [], []
-    block, pill = dict(fillcolor="#dbe9f6", line=dict(color="#2b6cb0")), dict(fillcolor="#fde2e2", line=dict(color="#c53030"))
-
-    def box(y, text, style, x0=0.0, x1=6.0, h=0.36):
-        shapes.append(dict(type="rect", x0=x0, x1=x1, y0=y - h, y1=y + h, **style))
-        notes.append(dict(x=(x0 + x1) / 2, y=y, text=text, showarrow=False, font=dict(size=12)))
-
-    def arrow(y0, y1, x=3.0):
-        notes.append(dict(x=x, y=y1, ax=x, ay=y0, xref="x", yref="y", axref="x", ayref="y", text="", showarrow=True,
-                          arrowhead=2, arrowwidth=1.5, arrowcolor="#555"))
-
-    y = 0.0
-    notes.append(dict(x=3, y=y, text="word ids (T, B)", showarrow=False, font=dict(size=12)))
-    y += 1.0; arrow(y - 0.8, y - 0.4)
-    box(y, f"<b>Embedding</b> E: {vocab_size:,} × {emb_size}<br>{counts['embedding']:,} params", block)
-    box(y, f"embedding dropout<br>dropoute = {dropoute}: whole rows of E", pill, x0=6.6, x1=10.6)
-    notes.append(dict(x=6.6, y=y, ax=6.0, ay=y, xref="x", yref="y", axref="x", ayref="y", text="", showarrow=True,
-                      arrowhead=0, arrowcolor="#c53030"))
-    emb_y = y
-    y += 1.0; arrow(y - 0.64, y - 0.24)
-    box(y, f"LockedDropout dropouti = {dropouti}  (mask 1 × B × {emb_size})", pill, x0=0.8, x1=5.2, h=0.24)
-    for l, (i, o) in enumerate(sizes, 1):
-        y += 1.0; arrow(y - 0.76, y - 0.36)
-        box(y, f"<b>LSTM {l}</b>: {i} → {o}<br>{counts[f'lstm {l}']:,} params", block)
-        box(y, f"WeightDrop wdrop = {wdrop}<br>DropConnect on W_hh ({4 * o} × {o})", pill, x0=6.6, x1=10.6)
-        notes.append(dict(x=6.6, y=y, ax=6.0, ay=y, xref="x", yref="y", axref="x", ayref="y", text="",
-                          showarrow=True, arrowhead=0, arrowcolor="#c53030"))
-        last = l == len(sizes)
-        if last:  # TAR reads the raw output, before the output dropout
-            notes.append(dict(x=6.7, y=y + 0.5, text="raw output → TAR (β)", showarrow=False, xanchor="left",
-                              font=dict(size=11, color="#2f855a")))
-            shapes.append(dict(type="line", x0=3.0, x1=6.6, y0=y + 0.5, y1=y + 0.5,
-                               line=dict(color="#2f855a", dash="dash")))
-        y += 1.0; arrow(y - 0.64, y - 0.24)
-        p, name = (dropout, "dropout") if last else (dropouth, "dropouth")
-        box(y, f"LockedDropout {name} = {p}  (mask 1 × B × {o})", pill, x0=0.8, x1=5.2, h=0.24)
-    notes.append(dict(x=6.7, y=y + 0.5, text="dropped output → AR (α)", showarrow=False, xanchor="left",
-                      font=dict(size=11, color="#2f855a")))
-    shapes.append(dict(type="line", x0=3.0, x1=6.6, y0=y + 0.5, y1=y + 0.5, line=dict(color="#2f855a", dash="dash")))
-    y += 1.0; arrow(y - 0.76, y - 0.36)
-    d_in = sizes[-1][1]
-    tied = "weight = E (tied), bias only" if tie_weights else f"weight {vocab_size:,} × {d_in} + bias"
-    box(y, f"<b>Decoder</b> Linear {d_in} → {vocab_size:,}<br>{tied}: {counts['decoder']:,} params", block)
-    if tie_weights:  # a bracket on the left joining decoder and embedding
-        shapes.append(dict(type="path", path=f"M -0.1 {y} L -0.9 {y} L -0.9 {emb_y} L -0.1 {emb_y}",
-                           line=dict(color="#6b46c1", dash="dot", width=2)))
-        notes.append(dict(x=-1.0, y=(y + emb_y) / 2, text="same matrix E", textangle=-90, showarrow=False,
-                          xanchor="right", font=dict(color="#6b46c1")))
-    y += 1.0; arrow(y - 0.64, y - 0.2)
-    notes.append(dict(x=3, y=y, text="logits (T, B, V)", showarrow=False, font=dict(size=12)))
-    title = (f"AWD-LSTM, {n_layers} layer{'s' if n_layers > 1 else ''}, "
-             f"{sum(counts.values()):,} parameters{' (tied)' if tie_weights else ''}")
-    return shapes, notes, title, y
-
-
-def architecture_figure(vocab_size: int = 10_000,  # V
-                        n_layers_options=(1, 2, 3, 4),  # layer counts offered by the slider
-                        n_layers: int = 3,  # layer count shown first
-                        **sizes,  # other `AWDLSTM` arguments (emb_size, hidden_size, dropouts, tie_weights)
-                       ):
-    "The architecture as a plotly diagram (blocks, dropouts, parameter counts) with a slider over `n_layers`."
-    import plotly.graph_objects as go
-    options = list(n_layers_options)
-    parts = [_architecture_parts(vocab_size, n_layers=n, **sizes) for n in options]
-    top = max(p[3] for p in parts)
-    fig = go.Figure()
-    fig.add_scatter(x=[-1.8, 10.8], y=[-0.5, top + 0.5], mode="markers", marker=dict(opacity=0), hoverinfo="skip",
-                    showlegend=False)
-    steps = [dict(method="relayout", label=str(n), args=[dict(shapes=s, annotations=a, title=dict(text=t))])
-             for n, (s, a, t, _) in zip(options, parts)]
-    s, a, t, _ = parts[options.index(n_layers)]
-    fig.update_layout(shapes=s, annotations=a, title=dict(text=t), height=160 + 62 * top, template="plotly_white",
-                      xaxis=dict(visible=False, range=[-1.8, 10.8]), yaxis=dict(visible=False, range=[-0.5, top + 0.5]),
-                      margin=dict(l=10, r=10, t=50, b=60),
-                      sliders=[dict(steps=steps, active=options.index(n_layers),
-                                    currentvalue=dict(prefix="n_layers = "), pad=dict(t=10))])
-    return fig
-
-
-def architecture_explorer(vocab_size: int = 10_000,  # V
-                          **kwargs,  # initial `AWDLSTM` arguments
-                         ):
-    "Widget: the architecture diagram with sliders for `n_layers`, `emb_size` and `hidden_size`."
-    import ipywidgets as widgets
-    import plotly.graph_objects as go
-    cfg = dict(emb_size=400, hidden_size=1150, n_layers=3, **kwargs)
-    sliders = {"n_layers": widgets.IntSlider(value=cfg.pop("n_layers"), min=1, max=5, description="n_layers"),
-               "emb_size": widgets.IntSlider(value=cfg.pop("emb_size"), min=50, max=1000, step=50, description="emb_size"),
-               "hidden_size": widgets.IntSlider(value=cfg.pop("hidden_size"), min=50, max=2000, step=50,
-                                                description="hidden_size")}
-    top = _architecture_parts(vocab_size, n_layers=5)[3]
-    fig = go.FigureWidget()
-    fig.add_scatter(x=[-1.8, 10.8], y=[-0.5, top + 0.5], mode="markers", marker=dict(opacity=0), hoverinfo="skip",
-                    showlegend=False)
-    fig.update_layout(height=160 + 62 * top, template="plotly_white", margin=dict(l=10, r=10, t=50, b=10),
-                      xaxis=dict(visible=False, range=[-1.8, 10.8]), yaxis=dict(visible=False, range=[-0.5, top + 0.5]))
-
-    def redraw(change=None):
-        s, a, t, _ = _architecture_parts(vocab_size, **{k: w.value for k, w in sliders.items()}, **cfg)
-        with fig.batch_update():
-            fig.layout.shapes, fig.layout.annotations, fig.layout.title = s, a, dict(text=t)
-
-    for w in sliders.values():
-        w.observe(redraw, names="value")
-    redraw()
-    box = widgets.VBox([widgets.HBox(list(sliders.values())), fig])
-    box.sliders, box.buttons, box.figure = sliders, {}, fig
-    return box

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['nonmono_condition', 'NonMonotonicTrigger', 'trigger_epoch', 'make_asgd', 'averaged_weights', 'trigger_explorer',
-           'trigger_figure']
+__all__ = ['nonmono_condition', 'NonMonotonicTrigger', 'trigger_epoch', 'make_asgd', 'averaged_weights']
 
 # %% ../nbs/07_ntasgd.ipynb #f99cee34
 def nonmono_condition(history,  # validation losses of the earlier epochs, oldest first
@@ -106,70 +105,3 @@ def averaged_weights(model: nn.Module,  # the model whose parameters the optimiz
         with torch.no_grad():
             for p, w in live.items():
                 p.copy_(w)
-
-# %% ../nbs/07_ntasgd.ipynb #048e02e5
-def _trigger_traces(losses, n):
-    "Threshold line and fire marker for window `n` (the explorer's data)."
-    thr = [min(losses[: e - n]) if e > n else None for e in range(len(losses))]
-    at = trigger_epoch(losses, n)
-    return thr, ([at], [losses[at - 1]]) if at else ([], [])
-
-
-def trigger_explorer(losses,  # validation losses, one per epoch
-                     nonmono: int = 5,  # initial window
-                     max_nonmono: int = 10,  # slider maximum
-                    ):
-    "Widget: a loss curve, the trigger's threshold and firing epoch for a `nonmono` slider."
-    import ipywidgets as widgets
-    import plotly.graph_objects as go
-    losses = [float(v) for v in losses]
-    epochs = list(range(1, len(losses) + 1))
-    fig = go.FigureWidget()
-    fig.add_scatter(x=epochs, y=losses, mode="lines+markers", name="validation loss")
-    fig.add_scatter(x=epochs, y=[None] * len(losses), mode="lines", line=dict(dash="dot", shape="hvh"),
-                    name="min before the window")
-    fig.add_scatter(x=[], y=[], mode="markers", marker=dict(size=14, color="crimson", symbol="x"), name="fires")
-    fig.update_layout(xaxis=dict(title="epoch"), yaxis=dict(title="validation loss"), height=380,
-                      template="plotly_white")
-    slider = widgets.IntSlider(value=nonmono, min=1, max=max_nonmono, description="nonmono")
-
-    def update(change=None):
-        n = slider.value
-        thr, (fx, fy) = _trigger_traces(losses, n)
-        with fig.batch_update():
-            fig.data[1].y = thr
-            fig.data[2].x, fig.data[2].y = fx, fy
-            fig.layout.title = f"nonmono = {n}: " + (f"fires at epoch {fx[0]}" if fx else "never fires")
-
-    slider.observe(update, names="value")
-    update()
-    box = widgets.VBox([slider, fig])
-    box.sliders, box.buttons, box.figure = {"nonmono": slider}, {}, fig
-    return box
-
-
-def trigger_figure(losses,  # validation losses, one per epoch
-                   nonmonos=range(1, 9),  # windows offered by the slider
-                  ):
-    "Kernel-free twin of `trigger_explorer`: a plotly figure with a built-in `nonmono` slider."
-    import plotly.graph_objects as go
-    losses, nonmonos = [float(v) for v in losses], list(nonmonos)
-    epochs = list(range(1, len(losses) + 1))
-    fig = go.Figure()
-    fig.add_scatter(x=epochs, y=losses, mode="lines+markers", name="validation loss")
-    titles = []
-    for i, n in enumerate(nonmonos):
-        thr, (fx, fy) = _trigger_traces(losses, n)
-        fig.add_scatter(x=epochs, y=thr, mode="lines", line=dict(dash="dot", shape="hvh", color="gray"),
-                        name="min before the window", visible=i == 0)
-        fig.add_scatter(x=fx, y=fy, mode="markers", marker=dict(size=14, color="crimson", symbol="x"),
-                        name="fires", visible=i == 0)
-        titles.append(f"nonmono = {n}: " + (f"fires at epoch {fx[0]}" if fx else "never fires"))
-    steps = []
-    for i, n in enumerate(nonmonos):
-        visible = [True] + [j // 2 == i for j in range(2 * len(nonmonos))]
-        steps.append(dict(method="update", label=str(n), args=[{"visible": visible}, {"title": titles[i]}]))
-    fig.update_layout(title=titles[0], sliders=[dict(steps=steps, currentvalue=dict(prefix="nonmono = "))],
-                      xaxis=dict(title="epoch"), yaxis=dict(title="validation loss"), height=420,
-                      template="plotly_white")
-    return fig

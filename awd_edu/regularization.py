@@ -10,9 +10,10 @@ from numbers import Real
 
 import torch
 
+from .data import batchify
+
 # %% auto #0
-__all__ = ['activation_reg', 'temporal_activation_reg', 'ar_tar_penalty', 'toy_lm_data', 'train_toy_lm', 'ar_tar_figure',
-           'ar_tar_explorer']
+__all__ = ['activation_reg', 'temporal_activation_reg', 'ar_tar_penalty', 'toy_lm_data', 'train_toy_lm']
 
 # %% ../nbs/05_regularization.ipynb #8270e2a2
 def _check_coef(name: str, value, fn: str) -> float:
@@ -74,7 +75,6 @@ def toy_lm_data(tokens: torch.Tensor,  # a 1-D stream of word ids (e.g. PTB's tr
                 n_valid: int = 8_000,  # tokens for held-out measurement (the next ones)
                ) -> tuple:
     "A small language-modelling task from a token stream: train `(n_train//16, 16)` and valid `(n_valid//8, 8)`, ids < `vocab`."
-    from awd_edu.data import batchify
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1 or len(tokens) < n_train + n_valid:
         raise ValueError(f"toy_lm_data: tokens must be a 1-D tensor of at least n_train + n_valid = {n_train + n_valid} "
                          f"ids, got {type(tokens).__name__} of shape {tuple(getattr(tokens, 'shape', ()))}")
@@ -117,96 +117,3 @@ def train_toy_lm(train: torch.Tensor,  # batchified training ids, `(n, B)`
         val = torch.nn.functional.cross_entropy(dec(raw).flatten(0, 1), valid[1 : n + 1].flatten()).item()
     m2 = raw.pow(2).mean().item()
     return dict(raw=raw, val_loss=val, magnitude=m2, roughness=(raw[1:] - raw[:-1]).pow(2).mean().item() / m2)
-
-# %% ../nbs/05_regularization.ipynb #4cfc18fb
-def _run_title(alpha, beta, r) -> str:
-    return (f"alpha = {alpha}, beta = {beta}: mean h² {r['magnitude']:.4f}, roughness {r['roughness']:.3f}, "
-            f"val loss {r['val_loss']:.3f}")
-
-
-def ar_tar_figure(kind: str = "alpha",  # which coefficient the slider moves: "alpha" (beta = 0) or "beta" (alpha = 0)
-                  values=(0, 1, 2, 4, 8),  # the coefficient's values, one slider step each
-                  runs: dict | None = None,  # cache {(alpha, beta): train_toy_lm result}; missing runs are trained
-                  tokens: torch.Tensor | None = None,  # token stream for missing runs; default PTB's training split
-                  steps: int = 100,  # training steps of a missing run
-                  units=(0, 1, 2, 3),  # hidden units drawn
-                  span: int = 60,  # time steps drawn
-                 ):
-    "Kernel-free plotly figure with a slider over `alpha` or `beta`: the toy LSTM's raw hidden state over time."
-    import plotly.graph_objects as go
-    if kind not in ("alpha", "beta"):
-        raise ValueError(f"ar_tar_figure: kind must be 'alpha' or 'beta', got {kind!r}")
-    runs = {} if runs is None else runs
-    keys = [(v, 0) if kind == "alpha" else (0, v) for v in values]
-    if any(k not in runs for k in keys):
-        if tokens is None:
-            from awd_edu.data import load_ptb
-            tokens = load_ptb().train
-        train, valid = toy_lm_data(tokens)
-        for k in keys:
-            if k not in runs:
-                runs[k] = train_toy_lm(train, valid, *k, steps=steps)
-    fig = go.Figure()
-    for k in keys:
-        h = runs[k]["raw"][:span, 0]                                   # (span, H): the first held-out column
-        for u in units:
-            fig.add_scatter(x=list(range(len(h))), y=h[:, u].numpy().round(4), mode="lines", name=f"unit {u}",
-                            visible=(k == keys[0]), hovertemplate="word %{x}: %{y:.3f}<extra>unit " + str(u) + "</extra>")
-    n = len(units)
-    steps_ = [dict(method="update", label=str(v),
-                   args=[{"visible": [j // n == i for j in range(len(keys) * n)]}, {"title.text": _run_title(*k, runs[k])}])
-              for i, (v, k) in enumerate(zip(values, keys))]
-    fig.update_layout(title=_run_title(*keys[0], runs[keys[0]]), template="plotly_white", height=430,
-                      sliders=[dict(active=0, steps=steps_, currentvalue=dict(prefix=f"{kind} = "))],
-                      xaxis=dict(title="word of held-out text (time step)"),
-                      yaxis=dict(title="raw LSTM output h", range=[-1, 1]))
-    return fig
-
-# %% ../nbs/05_regularization.ipynb #9de8eb19
-def ar_tar_explorer(tokens: torch.Tensor | None = None,  # token stream; default PTB's training split
-                    steps: int = 100,  # training steps per run
-                    alphas=(0, 0.5, 1, 2, 4, 8),  # the alpha slider's values
-                    betas=(0, 0.5, 1, 2, 4, 8),  # the beta slider's values
-                    units=(0, 1, 2, 3),  # hidden units drawn
-                    span: int = 60,  # time steps drawn
-                   ):
-    "Widget: sliders for `alpha` and `beta` retrain the toy LSTM and redraw its raw hidden state over time."
-    import ipywidgets as widgets
-    import plotly.graph_objects as go
-    if tokens is None:
-        from awd_edu.data import load_ptb
-        tokens = load_ptb().train
-    train, valid = toy_lm_data(tokens)
-    runs = {}
-
-    def run(alpha, beta):
-        if (alpha, beta) not in runs:
-            runs[(alpha, beta)] = train_toy_lm(train, valid, alpha, beta, steps=steps)
-        return runs[(alpha, beta)]
-
-    sliders = {name: widgets.SelectionSlider(options=list(vals), value=vals[0], description=name,
-                                             continuous_update=False)
-               for name, vals in (("alpha", alphas), ("beta", betas))}
-    r = run(sliders["alpha"].value, sliders["beta"].value)
-    fig = go.FigureWidget()
-    for u in units:
-        h = r["raw"][:span, 0, u]
-        fig.add_scatter(x=list(range(len(h))), y=h.numpy().round(4), mode="lines", name=f"unit {u}")
-    fig.update_layout(title=_run_title(sliders["alpha"].value, sliders["beta"].value, r), template="plotly_white",
-                      height=430, xaxis=dict(title="word of held-out text (time step)"),
-                      yaxis=dict(title="raw LSTM output h", range=[-1, 1]))
-
-    def redraw(change=None):
-        alpha, beta = sliders["alpha"].value, sliders["beta"].value
-        r = run(alpha, beta)
-        with fig.batch_update():
-            for trace, u in zip(fig.data, units):
-                trace.y = r["raw"][:span, 0, u].numpy().round(4)
-            fig.layout.title.text = _run_title(alpha, beta, r)
-
-    for s in sliders.values():
-        s.observe(redraw, names="value")
-    box = widgets.VBox([widgets.HBox(list(sliders.values())), fig])
-    box.sliders, box.buttons, box.figure, box.runs = sliders, {}, fig, runs
-    box.redraw = redraw  # the handler, callable directly (tests do)
-    return box

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from awd_edu.bptt import bptt_batches, sample_seq_len, scale_lr
+import awd_edu.bptt
+from awd_edu.bptt import bptt_batches, sample_seq_len, scale_lr, seq_len_pmf, window_starts
 from awd_edu.data import batchify
 
 
@@ -67,6 +68,32 @@ def test_mean_length_matches_reference_number():
     # standard deviation of one draw is about 9.1, so the mean of 50,000 has standard error 0.04: allow 0.15
     assert abs(draws.mean() - 67.75) < 0.15
     assert abs((draws < 52).mean() - 0.05) < 0.006                    # the half-length mode has 5% of the mass
+
+
+def test_pmf_by_hand_and_against_the_integer_cells():
+    # no noise: the base itself, truncated and floored, exactly as sample_seq_len does it
+    assert {k: p for k, p in seq_len_pmf(70, p_full=1.0, std=0.0).items() if p} == {70: 1.0}
+    assert {k: p for k, p in seq_len_pmf(71, p_full=0.0, std=0.0).items() if p} == {35: 1.0}   # int(35.5)
+    assert {k: p for k, p in seq_len_pmf(8, p_full=0.0, std=0.0).items() if p} == {5: 1.0}     # int(4) -> min_len
+    assert {k: p for k, p in seq_len_pmf(3, std=0.0).items() if p} == {5: 1.0}                 # below the floor
+    pmf = seq_len_pmf(70)
+    assert sum(pmf.values()) == pytest.approx(1.0, abs=1e-12)
+    assert sum(k * p for k, p in pmf.items()) == pytest.approx(_exact_mean(70), abs=1e-9)
+    # the cap collects the upper tail: P(len = 80) = 0.95 P(N(70, 5) >= 80) + 0.05 P(N(35, 5) >= 80)
+    tail = lambda mu: 0.5 * math.erfc((80 - mu) / (5 * math.sqrt(2)))
+    capped = seq_len_pmf(70, max_len=80)
+    assert max(capped) == 80 and capped[80] == pytest.approx(0.95 * tail(70) + 0.05 * tail(35), abs=1e-12)
+    with pytest.raises(ValueError, match="p_full"):
+        seq_len_pmf(70, p_full=2.0)
+
+
+def test_pmf_is_the_law_of_the_draws():
+    g = gen(11)
+    draws = np.array([sample_seq_len(30, g, max_len=36) for _ in range(40_000)])
+    pmf = seq_len_pmf(30, max_len=36)
+    for k in (14, 27, 30, 33, 36):
+        # the standard error of a frequency near 0.1 from 40,000 draws is 0.0015
+        assert abs((draws == k).mean() - pmf[k]) < 0.006, k
 
 
 def test_both_modes_present():
@@ -269,6 +296,16 @@ def test_ptb_epoch_has_about_686_steps(ptb_corpus):
     assert all(670 < c < 702 for c in counts)
 
 
+def test_window_starts():
+    assert window_starts(torch.zeros(100, 2), 30, fixed=True) == [0, 30, 60, 90]   # rows 0..98 have targets
+    source = torch.arange(600).view(300, 2)
+    starts = window_starts(source, 20, gen(4))
+    lengths = [n for *_, n in bptt_batches(source, 20, gen(4))]
+    assert starts == [sum(lengths[:i]) for i in range(len(lengths))]              # each start is the rows before it
+
+
 def test_import_does_not_pull_plotting():
     code = "import sys, awd_edu.bptt; assert 'plotly' not in sys.modules and 'ipywidgets' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+    source = open(awd_edu.bptt.__file__, encoding="utf-8").read()
+    assert "plotly" not in source and "ipywidgets" not in source      # the pictures live in awd_edu.viz.bptt

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import awd_edu.cache
 from awd_edu.cache import (CACHE_PRESETS, NeuralCache, cache_attention, cache_log_p, cache_nll, cache_nll_loop,
                            collect_outputs, evaluate_with_cache, mix_nll, stream_outputs)
 from awd_edu.data import batchify
@@ -300,79 +301,10 @@ def test_stream_shape_errors():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Figures and the widget
+# Module hygiene
 
 def test_import_does_not_load_plotly():
     code = "import sys, awd_edu.cache; assert 'plotly' not in sys.modules and 'ipywidgets' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-@pytest.fixture(scope="module")
-def slice_outputs():
-    _, hiddens, targets = random_stream(T=160, V=10, H=6, seed=14)
-    g = torch.Generator().manual_seed(15)
-    log_p_model = torch.log_softmax(torch.randn(160, 10, generator=g).double(), -1).gather(1, targets[:, None])[:, 0]
-    itos = [f"w{i}" for i in range(10)]
-    return log_p_model, hiddens, targets, itos
-
-
-def test_attention_figure(slice_outputs):
-    from awd_edu.cache import attention_figure
-    log_p_model, hiddens, targets, itos = slice_outputs
-    W, positions = 50, [60, 100, 159]
-    fig = attention_figure(hiddens, targets, itos, positions, window=W, theta=1.0, log_p_model=log_p_model)
-    assert len(fig.data) == 3 and len(fig.layout.sliders[0].steps) == 3
-    assert [tr.visible for tr in fig.data] == [True, False, False]
-    for tr, t in zip(fig.data, positions):
-        assert len(tr.y) == W and sum(tr.y) == pytest.approx(1.0, abs=1e-4)
-        orange = [y for y, c in zip(tr.y, tr.marker.color) if c == "#dd6b20"]
-        p_cache = math.exp(cache_log_p(hiddens, targets, W, 1.0)[t].item())
-        assert sum(orange) == pytest.approx(p_cache, abs=1e-4)         # orange bars add up to p_cache
-        assert tr.customdata[-1].endswith("→ " + itos[int(targets[t - 1])])   # the last stored value is x_t
-
-
-def test_ppl_sweep_figure(slice_outputs):
-    from awd_edu.cache import ppl_sweep_figure
-    log_p_model, hiddens, targets, _ = slice_outputs
-    thetas, lambdas = (0.0, 1.0, 3.0), (0.0, 0.2, 0.5)
-    fig = ppl_sweep_figure(log_p_model, hiddens, targets, window=40, thetas=thetas, lambdas=lambdas)
-    assert len(fig.data) == 4 and len(fig.layout.sliders[0].steps) == 3
-    base = math.exp(-log_p_model.mean().item())
-    assert fig.data[-1].y == (base, base)
-    for k, theta in enumerate(thetas):
-        assert fig.data[k].y[0] == pytest.approx(base)
-        mixed = mix_nll(cache_log_p(hiddens, targets, 40, theta), log_p_model, 0.5).mean().exp().item()
-        assert fig.data[k].y[2] == pytest.approx(mixed)
-    assert [s.args[0]["visible"] for s in fig.layout.sliders[0].steps][2] == [False, False, True, True]
-
-
-def test_explorer_sliders_update_the_figure(slice_outputs):
-    import plotly.graph_objects as go
-    from awd_edu.cache import cache_explorer
-    log_p_model, hiddens, targets, itos = slice_outputs
-    W = 50
-    ex = cache_explorer(log_p_model, hiddens, targets, itos, window=W, theta=2.0, lambdasm=0.1, position=120)
-    assert set(ex.sliders) == {"position", "theta", "lambdasm"} and ex.buttons == {}
-    assert isinstance(ex.figure, go.FigureWidget) and len(ex.figure.data) == 4
-    peaked = max(ex.figure.data[0].y)
-    assert peaked > 1.5 / W
-    ex.sliders["theta"].value = 0.0                                         # uniform attention
-    assert max(abs(y - 1 / W) for y in ex.figure.data[0].y) < 1e-6
-    curve0 = list(ex.figure.data[1].y)
-    ex.sliders["theta"].value = 2.0
-    assert list(ex.figure.data[1].y) != curve0                              # the perplexity curve follows theta
-    before = list(ex.figure.data[0].y)
-    ex.sliders["position"].value = 70
-    assert list(ex.figure.data[0].y) != before
-    assert ex.figure.data[0].customdata[-1].endswith("→ " + itos[int(targets[69])])
-    ex.sliders["lambdasm"].value = 0.4
-    now = mix_nll(cache_log_p(hiddens, targets, W, 2.0), log_p_model, 0.4).mean().exp().item()
-    assert ex.figure.data[3].x == (0.4,) and ex.figure.data[3].y[0] == pytest.approx(now)
-    assert "t = 70" in ex.figure.layout.title.text
-
-
-def test_explorer_rejects_a_stream_shorter_than_the_window(slice_outputs):
-    from awd_edu.cache import cache_explorer
-    log_p_model, hiddens, targets, itos = slice_outputs
-    with pytest.raises(ValueError, match="longer than window"):
-        cache_explorer(log_p_model, hiddens, targets, itos, window=500)
+    source = open(awd_edu.cache.__file__, encoding="utf-8").read()
+    assert "plotly" not in source and "ipywidgets" not in source      # the pictures live in awd_edu.viz.cache

@@ -6,11 +6,30 @@ import pytest
 import torch
 from torch import nn
 
-from awd_edu.ntasgd import (NonMonotonicTrigger, averaged_weights, make_asgd, nonmono_condition, trigger_epoch,
-                            trigger_explorer, trigger_figure)
+import awd_edu.ntasgd
+from awd_edu.ntasgd import NonMonotonicTrigger, averaged_weights, make_asgd, nonmono_condition, trigger_epoch
 
 
 # ---- the trigger -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("losses, n, epoch", [
+    # n = 5. Epoch 7 is the first with more than 5 earlier epochs; it compares 4.5 with epoch 1 (4.0): fires at 7,
+    # however bad epochs 2-6 were. (Epochs 2-6 cannot fire: at most 5 earlier epochs.)
+    ([4.0, 9.0, 9.0, 9.0, 9.0, 9.0, 4.5], 5, 7),
+    # n = 5. Epoch 7 compares 3.9 with epoch 1 (4.0): no. Epoch 8 compares 3.95 with min(epochs 1-2) = 3.8: yes.
+    ([4.0, 3.8, 3.7, 3.6, 3.5, 3.4, 3.9, 3.95], 5, 8),
+    # n = 2. Epoch 4 (3.0) vs epoch 1 (3.0): equal is not worse. Epoch 5 (3.1) vs min(epochs 1-2) = 3.0: fires.
+    ([3.0, 3.5, 3.2, 3.0, 3.1], 2, 5),
+    # n = 3. Epoch 5 (2.0) vs epoch 1 (1.0): fires, although it is better than the four epochs just before.
+    ([1.0, 5.0, 4.0, 3.0, 2.0], 3, 5),
+    # n = 3. Every epoch from 5 on is a new best: never (epoch 5 vs epoch 1, 6 vs min(1-2), ... all lower).
+    ([5.0, 4.0, 3.5, 3.6, 3.4, 3.3, 3.2, 3.1], 3, None),
+])
+def test_hand_made_histories(losses, n, epoch):
+    assert trigger_epoch(losses, n) == epoch
+    t = NonMonotonicTrigger(n)
+    assert [t.step(v) for v in losses] == [e == epoch for e in range(1, len(losses) + 1)]
+
 
 def test_never_fires_on_a_decreasing_curve():
     for n in (1, 2, 5, 10):
@@ -226,38 +245,14 @@ def test_tied_parameter_swapped_once_and_storage_kept():
     assert torch.equal(emb.weight, live)
 
 
-# ---- explorer and module hygiene ---------------------------------------------------------------------------------
+# ---- module hygiene ----------------------------------------------------------------------------------------------
 
 def test_module_does_not_import_plotly():
     code = "import sys, awd_edu.ntasgd; print('plotly' in sys.modules, 'ipywidgets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
-
-
-CURVE = [6.0, 5.5, 5.2, 5.0, 5.01, 5.02, 5.03, 5.04, 5.05, 5.06, 5.07, 5.08]
-
-
-def test_trigger_explorer_slider_moves_the_marker():
-    box = trigger_explorer(CURVE, nonmono=2)
-    fig = box.figure
-    assert list(fig.data[2].x) == [7]
-    box.sliders["nonmono"].value = 5
-    assert list(fig.data[2].x) == [10] and list(fig.data[2].y) == [CURVE[9]]
-    assert "epoch 10" in fig.layout.title.text
-    box.sliders["nonmono"].value = 9  # 4 + 9 + 1 = 14 > 12 epochs
-    assert len(fig.data[2].x) == 0 and "never" in fig.layout.title.text
-    thr = fig.data[1].y
-    assert all(v is None for v in thr[:10]) and thr[10] == 6.0  # epoch 11 is the first with 10 > 9 earlier epochs
-
-
-def test_trigger_figure_has_a_slider_step_per_window():
-    fig = trigger_figure(CURVE, nonmonos=range(1, 6))
-    steps = fig.layout.sliders[0].steps
-    assert [s.label for s in steps] == ["1", "2", "3", "4", "5"]
-    assert len(fig.data) == 1 + 2 * 5
-    vis = steps[4].args[0]["visible"]
-    markers = [fig.data[j] for j in range(len(fig.data)) if vis[j] and fig.data[j].mode == "markers"]
-    assert [list(m.x) for m in markers] == [[10]]
+    source = open(awd_edu.ntasgd.__file__, encoding="utf-8").read()
+    assert "plotly" not in source and "ipywidgets" not in source      # the pictures live in awd_edu.viz.ntasgd
 
 
 def test_multi_tensor_path_used_on_gpu_keeps_the_same_mean():

@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from awd_edu.regularization import activation_reg, ar_tar_penalty, temporal_activation_reg
+import awd_edu.regularization
+from awd_edu.regularization import activation_reg, ar_tar_penalty, temporal_activation_reg, toy_lm_data, train_toy_lm
 
 
 def t(values):
@@ -166,6 +167,49 @@ def test_ar_tar_penalty_checks_both_tensors():
         ar_tar_penalty(dropped_output=good, raw_output=good, beta=-1)
 
 
+# ---------------------------------------------------------------- the toy run of the chapter
+
+@pytest.fixture(scope="module")
+def tokens():
+    g = torch.Generator().manual_seed(0)
+    probs = 1.0 / torch.arange(1, 501, dtype=torch.float)          # Zipf-like over 500 word types
+    return torch.multinomial(probs, 40_000, replacement=True, generator=g)
+
+
+def test_toy_lm_data_shapes_and_vocab():
+    # ids 5, 5, 5, 7, 7, 2, 9: frequency ranks 5 -> 0, 7 -> 1, then 2 and 9 (one each, by id) -> 2, 3
+    tokens = torch.tensor([5, 5, 5, 7, 7, 2, 9] * 16)
+    train, valid = toy_lm_data(tokens, vocab=3, n_train=64, n_valid=48)
+    assert train.shape == (4, 16) and valid.shape == (6, 8)
+    assert train.t().flatten()[:7].tolist() == [0, 0, 0, 1, 1, 2, 2]   # ranks, 9 merged into the "other" id 2
+    with pytest.raises(ValueError, match="tokens"):
+        toy_lm_data(tokens[:100])
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster than two fighting over a busy CPU
+    yield
+    torch.set_num_threads(old)
+
+
+def test_train_toy_lm_alpha_shrinks_beta_smooths(tokens, one_thread):
+    train, valid = toy_lm_data(tokens)
+    base = train_toy_lm(train, valid, 0, 0, steps=40)
+    ar = train_toy_lm(train, valid, 8, 0, steps=40)
+    tar = train_toy_lm(train, valid, 0, 8, steps=40)
+    assert base["raw"].dim() == 3 and base["raw"].shape[1:] == (8, 64)
+    assert ar["magnitude"] < base["magnitude"] / 2
+    assert tar["roughness"] < base["roughness"] / 2
+    state = torch.get_rng_state()
+    again = train_toy_lm(train, valid, 0, 0, steps=40)
+    assert again["val_loss"] == base["val_loss"]                   # seeded: a run replays exactly
+    assert torch.equal(torch.get_rng_state(), state)               # ... without touching the global generator
+
+
 def test_import_does_not_pull_plotting():
     code = "import sys, awd_edu.regularization; assert 'plotly' not in sys.modules and 'ipywidgets' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+    source = open(awd_edu.regularization.__file__, encoding="utf-8").read()
+    assert "plotly" not in source and "ipywidgets" not in source      # the pictures live in awd_edu.viz.regularization
