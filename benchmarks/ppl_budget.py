@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
 
     def on_event(e):  # the trainer's callback: count rows for fractional epochs, stop when the budget is spent
         if e["event"] == "batch":
-            state["rows"] += e["rows"]
+            state["rows"] += e["seq_len"]   # the rows of this window
             if time.perf_counter() - state["start"] >= budget:
                 raise BudgetSpent
 

@@ -119,3 +119,11 @@ def test_every_notebook_names_its_kernel():
     for nb in sorted((ROOT / "nbs").rglob("*.ipynb")):
         ks = json.loads(nb.read_text())["metadata"].get("kernelspec", {})
         assert ks.get("name") == "python3", f"{nb.name}: no python3 kernelspec (run it with tools/run_nb.py)"
+
+
+def test_binder_installs_the_package_with_its_pictures_and_the_same_torch_bound():
+    lines = [l.strip() for l in (ROOT / "binder" / "requirements.txt").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    torch_req = [r for r in settings()["requirements"].split() if r.startswith("torch")][0]
+    assert torch_req in lines and "-e .[viz]" in lines
+    assert settings()["viz_requirements"].split(), "the viz extra must name the faces' packages"
