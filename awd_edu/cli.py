@@ -6,86 +6,33 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
-import logging
 import math
 import os
 import platform
 import sys
-import typing
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from . import checkpoint, data, distributed, loop, train
-from .config import CONFIG_FIELDS, PRESETS, TrainConfig, resolve_preset
+from .config import CONFIG_FIELDS, PRESETS, TrainConfig, resolve_preset, settings_table
+from .errors import DEBUG_ENV, explain
 from .generate import format_words, sample_words
 from .model import count_parameters
 
 # %% auto #0
-__all__ = ['DEBUG_ENV', 'cmd_data', 'cmd_train', 'cmd_resume', 'cmd_finetune', 'cmd_evaluate', 'cmd_generate', 'cmd_presets',
-           'explain', 'add_data_parser', 'add_train_parsers', 'add_presets_parser', 'build_parser', 'main']
+__all__ = ['cmd_data', 'cmd_train', 'cmd_resume', 'cmd_finetune', 'cmd_evaluate', 'cmd_generate', 'cmd_presets',
+           'add_data_parser', 'add_train_parsers', 'add_presets_parser', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4a6fd240
-def _problem(path: Path, name: str) -> str | None:
-    "What is wrong with PTB's file `name` at `path` (missing, empty, truncated, altered, an HTML page), or None."
-    try:
-        data.check_file(path, data.PTB_SHA256[name])
-    except (data.DataNotFoundError, data.ChecksumError) as e:
-        return str(e).partition("\n")[0]   # the first line names the file and the fault; the fix is printed once
-    return None
-
-
-def _data_info(folder) -> dict:
-    "Size, lines, tokens and checksum verdict of each PTB file in `folder`; the vocabulary size only when all three are intact."
-    folder = Path(folder)
-    info = {"folder": str(folder), "files": {}}
-    for name in data.PTB_FILES:
-        path = folder / name
-        problem = _problem(path, name)
-        entry = dict(exists=path.is_file(), sha256_ok=problem is None, problem=problem)
-        if entry["exists"]:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            entry.update(bytes=path.stat().st_size, lines=len(lines),
-                         tokens=sum(len(l.split()) + 1 for l in lines))  # + <eos> per line
-        info["files"][name] = entry
-    if all(e["sha256_ok"] for e in info["files"].values()):  # a damaged file would make a wrong vocabulary
-        info["vocab_size"] = len(data.Corpus(folder).vocab)
-    return info
-
-
-class _NoHashAdvice(logging.Filter):
-    "Drops pooch's advice to pin `known_hash`: `download_ptb` checks every file's SHA-256 itself."
-    def filter(self, record) -> bool:
-        return "known_hash" not in record.getMessage()
-
-
-@contextmanager
-def _pooch_messages(quiet: bool):
-    "pooch's log without its `known_hash` advice, and with nothing below a warning when `quiet`."
-    import pooch  # the downloader's HTTP client (chapter 03)
-    logger, advice = pooch.get_logger(), _NoHashAdvice()
-    level = logger.level
-    logger.addFilter(advice)
-    if quiet:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.removeFilter(advice)
-        logger.setLevel(level)
-
-
 def cmd_data(args) -> int:
     "Run `awd-edu data download|verify|info`."
     folder = data.ptb_dir(args.dir)
     if args.action == "download":
         mirrors = tuple(args.mirror) if args.mirror else data.PTB_MIRRORS
-        with _pooch_messages(args.quiet):
-            data.download_ptb(folder, mirrors=mirrors, progress=not args.quiet, timeout=args.timeout)
+        data.download_ptb(folder, mirrors=mirrors, progress=not args.quiet, timeout=args.timeout)
         data.verify_ptb(folder)
         print(f"Penn Treebank is ready in {folder} (SHA-256 verified).")
         return 0
@@ -93,7 +40,7 @@ def cmd_data(args) -> int:
         data.verify_ptb(folder)
         print(f"{folder}: all {len(data.PTB_FILES)} files present, SHA-256 verified.")
         return 0
-    info = _data_info(folder)
+    info = data.describe_ptb(folder)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -176,7 +123,7 @@ def cmd_train(args) -> int:
     if args.preset == "auto":
         print(f"--preset auto: using {name} ({reason})")
     if args.show:
-        print(_settings_table({name: config}))
+        print(settings_table({name: config}))
         print("* differs from the paper's setting (the ptb preset). --show: nothing was trained.")
         return 0
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / name
@@ -288,30 +235,6 @@ def cmd_generate(args) -> int:
     return 0
 
 # %% ../nbs/11_cli.ipynb #5c1d8e09
-def _type_name(key: str) -> str:
-    "What `--set KEY=...` takes: `int`, `float`, `bool`, `str`, or `int or none`."
-    hint = typing.get_type_hints(TrainConfig)[key]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return f"{args[0].__name__} or none" if args else hint.__name__
-
-
-def _shown(value) -> str:
-    "A setting's value as `--set` takes it: `none`, `true`/`false`, numbers and words as they are."
-    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _settings_table(configs: dict) -> str:
-    "Every setting of the configs `{name: TrainConfig}` side by side; `*` marks a value that differs from the paper's."
-    paper = TrainConfig()
-    rows = [["setting", "type", *configs]]
-    for key in CONFIG_FIELDS:
-        if key != "preset":
-            rows.append([key, _type_name(key)] + [_shown(getattr(c, key)) + (" *" if getattr(c, key) !=
-                                                  getattr(paper, key) else "") for c in configs.values()])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
-
-
 def cmd_presets(args) -> int:
     "Run `awd-edu presets`: the presets' settings side by side (or one preset's), as a table or as JSON."
     names = [resolve_preset(args.name)[0]] if args.name else list(PRESETS)
@@ -319,68 +242,10 @@ def cmd_presets(args) -> int:
     if args.json:
         print(json.dumps({name: c.to_dict() for name, c in configs.items()}, indent=2))
         return 0
-    print(_settings_table(configs))
+    print(settings_table(configs))
     auto, reason = resolve_preset("auto")
     print(f"* differs from the paper's setting (the ptb preset).\n--preset auto is {auto} on this machine: {reason}.")
     return 0
-
-# %% ../nbs/11_cli.ipynb #b881b2c1
-DEBUG_ENV = "AWD_EDU_DEBUG"  # set to 1: errors keep their traceback, as with --debug
-
-_CANNOT_WRITE = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not open to you (permission denied)",
-                 errno.EPERM: "is not open to you (operation not permitted)",
-                 errno.ENOSPC: "cannot be written: no space left on its device"}
-if hasattr(errno, "EDQUOT"):
-    _CANNOT_WRITE[errno.EDQUOT] = "cannot be written: disk quota exceeded"
-
-
-def _where(error: OSError) -> str:
-    "The file an OSError is about; for the temporary file of an atomic write, its folder."
-    if not error.filename:
-        return "a file it needs"
-    path = Path(str(error.filename))
-    if path.name.startswith(".") and path.name.endswith(".tmp"):
-        return f"the folder {path.parent}"
-    return str(path)
-
-
-def _fix_for_files(error: OSError, command: str, run_dir) -> str:
-    "What to do when `command` cannot write (or read) the files it needs."
-    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None)):
-        then = f"`awd-edu resume {run_dir}` goes on from the last completed epoch" if run_dir else "run it again"
-        return f"free some space, then {then}"
-    if command == "data":
-        return f"choose another --dir, or set {data.ENV_VAR} to a folder you can write"
-    if command == "train":
-        return "train into a --run-dir you can write"
-    if run_dir and command in ("resume", "finetune"):
-        return (f"make {run_dir} writable, or copy it (`cp -r {run_dir} NEW_DIR`) and run "
-                f"`awd-edu {command} NEW_DIR`")
-    return "check its permissions"
-
-
-def explain(error: BaseException,  # what a command raised
-            command: str,  # the subcommand, named at the start of the message
-            run_dir=None,  # the run directory the command works on, named in the fix
-           ) -> tuple | None:
-    "`(exit status, message)` for an error the user can act on; None for anything else (a bug keeps its traceback)."
-    say = lambda text: (2, f"awd-edu {command}: error: {text}")
-    if isinstance(error, loop.TrainingDiverged):
-        return 1, f"awd-edu {command}: stopped: {error}"
-    if isinstance(error, KeyboardInterrupt):
-        then = (f"; every completed epoch is checkpointed, `awd-edu resume {run_dir}` goes on from the last one"
-                if run_dir and command in ("train", "resume", "finetune") else "")
-        return 130, f"awd-edu {command}: interrupted{then}"
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        what = str(error).partition("\n")[0][:100]
-        return say(f"out of GPU memory ({what}); lower batch_size or the model's sizes with --set, or use --device cpu")
-    if isinstance(error, OSError) and error.errno in _CANNOT_WRITE:
-        return say(f"{_where(error)} {_CANNOT_WRITE[error.errno]}; {_fix_for_files(error, command, run_dir)}")
-    if isinstance(error, OSError) and error.errno is not None and error.strerror:
-        return say(f"{error.strerror}: {_where(error)}")   # e.g. an input/output error of the disk
-    if isinstance(error, (ValueError, OSError, data.DownloadError)):
-        return say(error)   # the package's messages name the file or the setting and the fix
-    return None
 
 # %% ../nbs/11_cli.ipynb #501fbcc2
 def _positive(kind):

@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,7 +19,7 @@ import torch
 # %% auto #0
 __all__ = ['EOS', 'ENV_VAR', 'PTB_FILES', 'PTB_SHA256', 'PTB_MIRRORS', 'tokenize', 'Vocab', 'read_tokens', 'Corpus', 'load_ptb',
            'batchify', 'get_batch', 'data_root', 'ptb_dir', 'DataNotFoundError', 'ChecksumError', 'DownloadError',
-           'sha256_file', 'check_file', 'verify_ptb', 'download_ptb']
+           'sha256_file', 'check_file', 'verify_ptb', 'ptb_problem', 'describe_ptb', 'download_ptb']
 
 # %% ../nbs/03_data.ipynb #56b0f597
 EOS = "<eos>"
@@ -199,13 +201,62 @@ def verify_ptb(path: str | os.PathLike | None = None) -> Path:
         check_file(folder / name, PTB_SHA256[name])
     return folder
 
+# %% ../nbs/03_data.ipynb #6e38120c
+def ptb_problem(path: str | os.PathLike,  # where PTB's file `name` should be
+                name: str,  # one of `PTB_FILES`
+               ) -> str | None:
+    "What is wrong with PTB's file `name` at `path` (missing, empty, truncated, altered, an HTML page), or None."
+    try:
+        check_file(path, PTB_SHA256[name])
+    except (DataNotFoundError, ChecksumError) as e:
+        return str(e).partition("\n")[0]   # the first line names the file and the fault
+    return None
+
+
+def describe_ptb(path: str | os.PathLike | None = None,  # folder of the PTB files; default `ptb_dir()`
+                ) -> dict:
+    "Size, lines, tokens and checksum verdict of each PTB file; the vocabulary size only when all three are intact."
+    folder = ptb_dir(path)
+    info = {"folder": str(folder), "files": {}}
+    for name in PTB_FILES:
+        file, problem = folder / name, ptb_problem(folder / name, name)
+        entry = dict(exists=file.is_file(), sha256_ok=problem is None, problem=problem)
+        if entry["exists"]:
+            lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+            entry.update(bytes=file.stat().st_size, lines=len(lines), tokens=sum(len(l.split()) + 1 for l in lines))
+        info["files"][name] = entry
+    if all(e["sha256_ok"] for e in info["files"].values()):   # a damaged file would give a wrong vocabulary
+        info["vocab_size"] = len(Corpus(folder).vocab)
+    return info
+
 # %% ../nbs/03_data.ipynb #07ee5d82
 def _fetch(url: str, folder: Path, progress: bool, timeout: float) -> Path:
     "Download `url` into the existing temporary `folder`; return the file's path."
     import pooch  # the HTTP client, imported only when downloading
     fname = url.rstrip("/").rsplit("/", 1)[-1]
-    return Path(pooch.retrieve(url, known_hash=None, fname=fname, path=folder, progressbar=progress,
-                               downloader=pooch.HTTPDownloader(progressbar=progress, timeout=timeout)))
+    with _quiet_pooch(pooch.get_logger(), progress):
+        return Path(pooch.retrieve(url, known_hash=None, fname=fname, path=folder, progressbar=progress,
+                                   downloader=pooch.HTTPDownloader(progressbar=progress, timeout=timeout)))
+
+
+class _NoHashAdvice(logging.Filter):
+    "Drops pooch's advice to pin `known_hash`: `download_ptb` checks every file's SHA-256 itself."
+    def filter(self, record) -> bool:
+        return "known_hash" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_pooch(logger, progress: bool):
+    "pooch's log without its misleading `known_hash` advice, and only its warnings when there is no progress to show."
+    advice, level = _NoHashAdvice(), logger.level
+    logger.addFilter(advice)
+    if not progress:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.removeFilter(advice)
+        logger.setLevel(level)
 
 
 def _install(candidate: Path, dest: Path, name: str) -> None:
@@ -263,7 +314,7 @@ def download_ptb(dest: str | os.PathLike | None = None,  # folder for the files;
         try:
             fetch(url, list(todo), dest, tmp, progress, timeout)
         except Exception as e:  # any failure of one mirror: record it and try the next
-            failures.append(f"  - {url}: {type(e).__name__}: {str(e).splitlines()[0]}")
+            failures.append(f"  - {url}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         todo = [n for n in todo if not _valid(dest / n, n)]

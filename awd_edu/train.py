@@ -20,7 +20,9 @@ from . import checkpoint as ckpt
 from .checkpoint import (
     CheckpointError, append_metrics, atomic_write, atomic_write_text, has_checkpoint, load_weights, read_metadata,
     read_metrics, save_weights, vocab_fingerprint, weights_metadata, write_metrics)
-from .config import CONFIG_FIELDS, PRESETS, TrainConfig, parse_value, preset_changes, resolve_preset
+from .config import (
+    CONFIG_FIELDS, PRESETS, TrainConfig, build_model, make_splits, parse_value, preset_changes, resolve_device,
+    resolve_preset)
 from .data import Corpus, batchify, load_ptb
 from .distributed import (
     Group, all_sum, barrier, check_same, current_group, evaluate_shared, gather, shard_columns, wrap)
@@ -31,58 +33,11 @@ from .model import AWDLSTM, count_parameters
 from .ntasgd import NonMonotonicTrigger, averaged_weights, make_asgd
 
 # %% auto #0
-__all__ = ['STAGES', 'RESUMABLE', 'resolve_device', 'make_splits', 'build_model', 'expected_batches', 'Trainer', 'patch_to',
-           'load_best']
+__all__ = ['STAGES', 'RESUMABLE', 'expected_batches', 'Trainer', 'patch_to', 'load_best']
 
 # %% ../nbs/08d_train.ipynb #251cda7b
 STAGES = ("train", "finetune")
 RESUMABLE = ("epochs", "finetune_epochs", "device", "data_dir")  # settings a resume may change
-
-
-def resolve_device(name: str = "auto",  # "auto", "cpu", "cuda" or "cuda:N"
-                   group: Group | None = None,  # several processes on one machine: each takes its own GPU
-                  ) -> torch.device:
-    "The device for a run: CUDA when `auto` and present, else CPU; asking for CUDA without one is an error."
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device; use device=auto or cpu")
-    if device.type == "cuda" and device.index is None and group is not None and group.parallel:
-        device = torch.device("cuda", group.local_rank)   # one GPU per process
-    return device
-
-
-def make_splits(corpus: Corpus,  # the three token streams
-                config: TrainConfig,  # batch sizes and token limits
-                device=None,  # where the batchified streams go
-               ) -> dict:
-    "`train`, `valid`, `test` batchified at the config's three batch sizes (time first, `(n_steps, bsz)`)."
-    out = {}
-    for split, limit, bsz in (("train", config.max_train_tokens, config.batch_size),
-                              ("valid", config.max_eval_tokens, config.eval_batch_size),
-                              ("test", config.max_eval_tokens, config.test_batch_size)):
-        data = getattr(corpus, split)[:limit]
-        if len(data) < 2 * bsz:
-            limit_name = "max_train_tokens" if split == "train" else "max_eval_tokens"
-            raise ValueError(f"the {split} split has {len(data)} tokens, fewer than 2 rows of {bsz} columns; "
-                             f"raise {limit_name} or lower the batch size")
-        out[split] = batchify(data, bsz).to(device)
-    return out
-
-
-def build_model(config: TrainConfig,  # sizes and dropouts
-                vocab_size: int,  # V
-               ) -> AWDLSTM:
-    "An `AWDLSTM` with the config's sizes and dropouts."
-    try:
-        return AWDLSTM(vocab_size, emb_size=config.emb_size, hidden_size=config.hidden_size, n_layers=config.n_layers,
-                       dropout=config.dropout, dropouth=config.dropouth, dropouti=config.dropouti,
-                       dropoute=config.dropoute, wdrop=config.wdrop, tie_weights=config.tie_weights)
-    except (RuntimeError, MemoryError) as e:   # e.g. hidden_size=1000000: terabytes of weights
-        raise ValueError(f"the model (emb_size={config.emb_size}, hidden_size={config.hidden_size}, "
-                         f"n_layers={config.n_layers}) does not fit in memory ({str(e).splitlines()[0][:100]}); "
-                         f"choose smaller sizes") from None
 
 
 def expected_batches(n_rows: int, bptt: int, variable: bool = True) -> int:
