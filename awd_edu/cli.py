@@ -17,13 +17,14 @@ import torch
 
 from . import __version__
 from . import checkpoint, data, distributed, loop, train
+from .ablations import ABLATIONS, ablation_config, list_ablations
 from .config import CONFIG_FIELDS, PRESETS, TrainConfig, resolve_preset, settings_table
 from .errors import DEBUG_ENV, explain
 from .generate import format_words, sample_words
 from .model import count_parameters
 
 # %% auto #0
-__all__ = ['cmd_data', 'cmd_train', 'cmd_resume', 'cmd_finetune', 'cmd_evaluate', 'cmd_generate', 'cmd_presets',
+__all__ = ['cmd_data', 'cmd_train', 'cmd_resume', 'cmd_finetune', 'cmd_evaluate', 'cmd_generate', 'cmd_ablations', 'cmd_presets',
            'add_data_parser', 'add_train_parsers', 'add_presets_parser', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4a6fd240
@@ -110,11 +111,12 @@ def _finish(trainer) -> int:
 
 
 def _requested_config(args) -> tuple:
-    "`(config, preset, reason)` from --preset, then --set, then the explicit flags (--epochs, --seed...)."
+    "`(config, preset, reason)` from --preset, then --ablate, then --set, then the explicit flags (--epochs...)."
     name, reason = resolve_preset(args.preset)
     flags = {key: getattr(args, key) for key in ("epochs", "device", "data_dir", "seed")
              if getattr(args, key) is not None}
-    return TrainConfig.from_preset(name).with_overrides(list(args.set or [])).replace(**flags), name, reason
+    config = ablation_config(TrainConfig.from_preset(name), getattr(args, "ablate", None) or "full")
+    return config.with_overrides(list(args.set or [])).replace(**flags), name, reason
 
 
 def cmd_train(args) -> int:
@@ -126,7 +128,7 @@ def cmd_train(args) -> int:
         print(settings_table({name: config}))
         print("* differs from the paper's setting (the ptb preset). --show: nothing was trained.")
         return 0
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / name
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / "-".join(filter(None, (name, args.ablate)))
     args.run_dir = str(run_dir)   # named in the messages of errors and interruptions
     if checkpoint.has_checkpoint(run_dir):
         if not args.resume_existing:
@@ -235,6 +237,15 @@ def cmd_generate(args) -> int:
     return 0
 
 # %% ../nbs/11_cli.ipynb #5c1d8e09
+def cmd_ablations(args) -> int:
+    "Run `awd-edu ablations`: each named ablation, the paper's PTB valid / test perplexity without it, what it removes."
+    for a in list_ablations():
+        valid, test = a.paper
+        paper = f"paper {valid} / {test}" if valid else "not in the paper"
+        print(f"{a.name:20s} {paper:22s} removes {a.removes}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     "Run `awd-edu presets`: the presets' settings side by side (or one preset's), as a table or as JSON."
     names = [resolve_preset(args.name)[0]] if args.name else list(PRESETS)
@@ -297,7 +308,10 @@ def add_train_parsers(sub) -> None:
     p.add_argument("--preset", default="auto",
                    help=f"one of {presets}, or auto: ptb on a CUDA machine, ptb-small otherwise (default: auto); "
                         f"`awd-edu presets` shows their settings")
-    p.add_argument("--run-dir", default=None, help="folder of the run (default: runs/<preset>)")
+    p.add_argument("--run-dir", default=None, help="folder of the run (default: runs/<preset>[-<ablation>])")
+    p.add_argument("--ablate", choices=list(ABLATIONS), metavar="NAME",
+                   help=f"take one piece out of the preset, as in the paper's ablations: {', '.join(ABLATIONS)}. "
+                        f"`awd-edu ablations` says what each removes")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help=f"change one setting, typed by its field, e.g. --set lr=20 --set dropouti=0.5 (repeatable). "
                         f"KEY is one of: {keys}. `awd-edu presets` shows each one's type and value")
@@ -369,7 +383,10 @@ def add_train_parsers(sub) -> None:
 
 
 def add_presets_parser(sub) -> None:
-    "Add `presets` to the subparsers `sub`."
+    "Add `presets` and `ablations` to the subparsers `sub`."
+    sub.add_parser("ablations", help="list the named ablations (`train --ablate NAME`) and the paper's figures",
+                   description="Each ablation: what it takes out and the paper's PTB perplexities without it "
+                               "(Table 4).").set_defaults(func=cmd_ablations)
     p = sub.add_parser("presets", help="show every setting of the presets, side by side",
                        description="Every setting of each preset (the values `train --preset NAME` starts from), "
                                    "its type as `--set` takes it, and which values differ from the paper's.")

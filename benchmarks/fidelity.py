@@ -645,9 +645,16 @@ def _summary(results: dict, cfg: dict) -> str:
         rows = results["comparison"]["valid_loss"]
         n_in = sum(bool(r["within"]) for r in rows)
         ms = results["ms_per_batch"]
-        text += (f"; mean valid loss awd_edu - reference within the seed spread at {n_in}/{len(rows)} epochs "
-                 f"(last: {rows[-1]['difference']:+.4f} nats, spread {rows[-1]['tolerance']:.4f}); "
-                 f"{ms['awd_edu']:.0f} vs {ms['reference']:.0f} ms/batch side by side")
+        diffs = ", ".join(f"{r['difference']:+.4f}" for r in rows)
+        if len(seeds) > 1:
+            text += (f"; mean valid loss awd_edu - reference within the seed spread at {n_in}/{len(rows)} epochs "
+                     f"(last: {rows[-1]['difference']:+.4f} nats, spread {rows[-1]['tolerance']:.4f})")
+        else:   # one seed per side: there is no spread to compare against, only the differences
+            text += f"; valid loss awd_edu - reference per epoch: {diffs} nats (one seed per side: no seed spread)"
+        loads = [run.get("load_before") for side in results["runs"].values() for run in side.values()]
+        same = len({None if not l else round(l[0]) for l in loads}) == 1
+        text += (f"; {ms['awd_edu']:.0f} vs {ms['reference']:.0f} ms/batch"
+                 + ("" if same else " (runs recorded under different loads: see load_before of each run)"))
     return text
 
 

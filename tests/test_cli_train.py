@@ -222,3 +222,23 @@ def test_progress_bars_count_batches_with_tokens_per_second(tmp_path, capsys, pt
     assert f"evaluate:   0%|" in err and f"0/{batches} " in err
     assert main(["evaluate", str(run), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_train_ablate_takes_one_piece_out_and_names_the_run_after_it(tmp_path, capsys, monkeypatch, ptb_folder):
+    from awd_edu.ablations import ablation_config, list_ablations
+    from awd_edu.config import TrainConfig
+    monkeypatch.chdir(tmp_path)
+    assert main(["ablations"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == [a.name for a in list_ablations()]
+    assert "no-weight-drop       paper 71.1 / 68.9" in listed[[a.name for a in list_ablations()].index("no-weight-drop")]
+    assert main(["train", "--preset", "tiny", "--ablate", "no-ar-tar", "--epochs", "1"] + QUICK) == 0
+    stored = TrainConfig.load(tmp_path / "runs" / "tiny-no-ar-tar" / "config.json")
+    asked = ablation_config(TrainConfig.from_preset("tiny"), "no-ar-tar").replace(
+        epochs=1, max_train_tokens=4000, max_eval_tokens=800)
+    assert {k: v for k, v in stored.to_dict().items() if k not in ("data_dir", "device")} == \
+        {k: v for k, v in asked.to_dict().items() if k not in ("data_dir", "device")}
+    assert (stored.alpha, stored.beta) == (0.0, 0.0) and stored.wdrop == TrainConfig.from_preset("tiny").wdrop
+    capsys.readouterr()
+    assert main(["train", "--preset", "tiny", "--ablate", "no-such-piece"]) == 2
+    assert "invalid choice: 'no-such-piece'" in capsys.readouterr().err

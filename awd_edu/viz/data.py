@@ -18,7 +18,7 @@ def _style(fig, **kw):
     apply_style(fig, **kw)
     m = fig.layout.margin
     fig.update_layout(legend_y=-64 / (fig.layout.height - m.t - m.b))  # in pixels, whatever the figure's height
-    return fig.update_layout(title_y=1 - 30 / fig.layout.height)  # plotly.js puts a 2-line title's line 1 above y
+    return fig.update_layout(title_y=1 - 30 / fig.layout.height, title_pad_t=0)  # plotly.js puts a 2-line title's line 1 above y
 
 # %% auto #0
 __all__ = ['batchify_figure', 'zipf_figure']
@@ -47,7 +47,7 @@ def batchify_figure(tokens: list,  # the stream, as words
         fig.add_scatter(x=[None], y=[None], mode="lines", name=name, line=dict(color="crimson", dash=dash))
     fig.update_xaxes(title_text="column (batch index)", dtick=1, showgrid=False, zeroline=False)
     fig.update_yaxes(title_text="row (time step)", dtick=1, autorange="reversed", showgrid=False, zeroline=False)
-    return _style(fig, height=480, title=f"batchify(stream, {bsz}):<br>each column a contiguous stretch of the stream")
+    return _style(fig, height=480, title=f"batchify(stream, {bsz}): each column<br>a contiguous stretch of the stream")
 
 # %% ../../nbs/viz/03_data.ipynb #3ff7c6a7
 def zipf_figure(freqs,  # counts sorted from the largest, one per word type

@@ -94,7 +94,7 @@ def _dropout_figure(words: list, titles: list) -> go.Figure:
     fig.update_xaxes(tickvals=list(range(len(words))), ticktext=words, tickangle=-60, showgrid=False, zeroline=False)
     fig.update_yaxes(autorange="reversed", showgrid=False, zeroline=False, title_text="feature", title_standoff=4)
     apply_style(fig, height=700, title=_TITLE, legend="none")
-    return fig.update_layout(title_y=1 - 30 / 700)  # plotly.js puts a 2-line title's first line above y
+    return fig.update_layout(title_y=1 - 30 / 700, title_pad_t=0)  # plotly.js puts a 2-line title's first line above y
 
 
 def dropout_figure(sentence: str = DEMO_SENTENCE,  # the sequence shown
@@ -195,4 +195,4 @@ def smoothness_figure(series: dict,  # name -> one feature over time, 1-D (T,): 
     fig.update_yaxes(type="log", dtick=1, title_text="log scale", row=2, col=1)
     apply_style(fig, height=620, title="Per-step dropout shakes a smooth sequence;<br>locked dropout keeps its shape")
     m = fig.layout.margin                                    # the legend 64 px below the plot, clear of its labels
-    return fig.update_layout(title_y=1 - 30 / 620, legend_y=-64 / (620 - m.t - m.b))  # 2-line title: see _dropout_figure
+    return fig.update_layout(title_y=1 - 30 / 620, title_pad_t=0, legend_y=-64 / (620 - m.t - m.b))  # 2-line title: see _dropout_figure

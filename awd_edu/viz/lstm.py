@@ -41,7 +41,7 @@ def _diverging(vmax: float, knees=(1.0, 3.0)) -> list:
 def _style(fig, **kw):
     "`apply_style`, with the title 30 px below the top: plotly.js places a two-line title's first line above y."
     apply_style(fig, **kw)
-    return fig.update_layout(title_y=1 - 30 / fig.layout.height)
+    return fig.update_layout(title_y=1 - 30 / fig.layout.height, title_pad_t=0)
 
 
 def _colorbar(fig, rows: list, title: str) -> dict:

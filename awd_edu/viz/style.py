@@ -19,10 +19,11 @@ def apply_style(fig,  # a plotly figure (or FigureWidget), changed in place
     lines = 0 if not text else text.count("<br>") + 1
     titled_panels = any(a.yref == "paper" and a.y == 1 for a in fig.layout.annotations)   # make_subplots' titles
     top = 36 + 24 * lines + (24 if titled_panels else 0)   # room for every line of the title, in pixels
+    pad = 12 * max(lines - 1, 0)   # plotly.js lifts a title of n lines by about half a line per extra line
     fig.update_layout(template="plotly_white", autosize=True, width=None, height=height, font=FONT,
                       colorway=COLORS, hoverlabel=dict(font_size=12), margin=dict(l=64, r=24, t=top, b=64),
-                      title=dict(text=text, x=0, xanchor="left", xref="paper", yref="container", y=1, yanchor="top",
-                                 pad=dict(t=12), font=dict(size=16)))
+                      title=dict(text=text, x=0, xanchor="left", xref="container", yref="container", y=0.98,
+                                 yanchor="top", pad=dict(t=pad), font=dict(size=16)))   # from the figure's left edge
     if legend == "below":                          # pinned to the figure's bottom edge: never on the axis title
         fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", yref="container", y=0,
                                       yanchor="bottom"), margin_b=110)

@@ -102,7 +102,7 @@ def _explorer_figure(trace_sets: list, d: dict, p: float) -> go.Figure:
     fig.update_xaxes(matches="x2", row=3, col=1)
     fig.update_xaxes(title_text="time step t", row=3, col=1)
     apply_style(fig, height=760, title=_explorer_title(d, p), legend="none")
-    fig.update_layout(margin=dict(t=110, r=60), title_y=1 - 30 / 760)  # plotly.js puts a 2-line title's first line above y
+    fig.update_layout(margin=dict(t=110, r=60), title_y=1 - 30 / 760, title_pad_t=0)  # plotly.js puts a 2-line title's first line above y
     return fig
 
 # %% ../../nbs/viz/01_weight_drop.ipynb #3ed4d40b
