@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -27,3 +28,12 @@ def ptb_corpus(ptb_folder):
     "The real Penn Treebank corpus, loaded once per test session."
     from awd_edu.data import Corpus
     return Corpus(ptb_folder)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    "One torch thread for a module of tiny models (faster than two threads fighting over a busy CPU); restored after."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,12 +15,7 @@ from awd_edu.cli import main
 QUICK = ["--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for the module
 
 
 @pytest.fixture(scope="module")

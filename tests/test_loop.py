@@ -11,12 +11,7 @@ from awd_edu.loop import (TrainingDiverged, divergence_bound, evaluate, lm_loss,
 from awd_edu.model import AWDLSTM
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for the module
 
 
 def toy(seed=0, **kw):

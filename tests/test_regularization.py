@@ -186,14 +186,6 @@ def test_toy_lm_data_shapes_and_vocab():
         toy_lm_data(tokens[:100])
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster than two fighting over a busy CPU
-    yield
-    torch.set_num_threads(old)
-
-
 def test_train_toy_lm_alpha_shrinks_beta_smooths(tokens, one_thread):
     train, valid = toy_lm_data(tokens)
     base = train_toy_lm(train, valid, 0, 0, steps=40)

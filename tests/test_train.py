@@ -15,13 +15,7 @@ from awd_edu.loop import TrainingDiverged, simple_fit, unigram_perplexity
 from awd_edu.train import Trainer, load_best
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models run faster on one thread (and the machine may be shared); restored afterwards."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for the module
 
 
 def small(**changes):

@@ -14,12 +14,7 @@ def tokens():
     return torch.multinomial(probs, 40_000, replacement=True, generator=g)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for the module
 
 
 def fake_run(magnitude, roughness, val_loss, T=60, H=4):

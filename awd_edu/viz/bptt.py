@@ -10,13 +10,10 @@ import plotly.graph_objects as go
 import torch
 
 from ..bptt import sample_seq_len, seq_len_pmf
-from .style import apply_style
+from .style import apply_style, legend_above
 
 
-def _legend_above(fig):
-    "Legend in a row between the title and the plot (a slider takes the space below the plot)."
-    return fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
-                             margin_t=128)
+
 
 # %% auto #0
 __all__ = ['seq_len_figure', 'window_starts_figure']
@@ -50,7 +47,7 @@ def seq_len_figure(bptts=(20, 35, 50, 70, 100),  # one slider step per nominal w
                                               currentvalue=dict(prefix="bptt = "))])
     fig.update_xaxes(title_text="window length ℓ")
     fig.update_yaxes(title_text="probability", type="log", range=[-4.5, -0.9])
-    fig = _legend_above(apply_style(fig, height=500, title=titles[bptts.index(bptt)]))
+    fig = legend_above(apply_style(fig, height=500, title=titles[bptts.index(bptt)]))
     return fig.update_layout(title_pad_t=12)  # pad: room for a title of several lines
 
 # %% ../../nbs/viz/04_bptt.ipynb #3ce06e72

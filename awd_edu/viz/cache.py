@@ -12,18 +12,10 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..cache import _check_cache_args, cache_attention, cache_log_p, mix_nll
-from .style import apply_style
+from .style import apply_style, legend_above, legend_at_bottom
 
 
-def _legend_above(fig):
-    "Legend in a row between the title and the plot (a slider takes the space below the plot)."
-    return fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
-                             margin_t=128)
 
-
-def _legend_at_bottom(fig):
-    "Legend along the bottom edge of the figure, clear of the x-axis title however many rows it wraps into."
-    return fig.update_layout(legend=dict(yref="container", y=0, yanchor="bottom"), margin_b=120)
 
 # %% auto #0
 __all__ = ['attention_figure', 'ppl_sweep_figure', 'cache_explorer']
@@ -93,7 +85,7 @@ def attention_figure(hiddens: torch.Tensor,  # keys of a stream, (T, H)
                                               pad=dict(t=50))])
     fig.update_xaxes(title_text=f"stored position i - t (the last {W})")
     fig.update_yaxes(title_text="attention a_i")
-    _legend_above(apply_style(fig, height=600, title=titles[0]))
+    legend_above(apply_style(fig, height=600, title=titles[0]))
     return fig.update_layout(title_font_size=14, margin_t=160, title_pad_t=12)  # pad: room for a title of several lines
 
 # %% ../../nbs/viz/09_cache.ipynb #1b6ac27b
@@ -132,7 +124,7 @@ def ppl_sweep_figure(log_p_model: torch.Tensor,  # log p_model(next word), (T,)
     fig.update_layout(sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix="θ = "), pad=dict(t=50))])
     fig.update_xaxes(title_text="λ (lambdasm): the cache's weight")
     fig.update_yaxes(title_text="perplexity", range=[lowest - 0.15 * spread, base + 0.6 * spread])  # same for every θ
-    fig = _legend_above(apply_style(fig, height=540, title=titles[active]))
+    fig = legend_above(apply_style(fig, height=540, title=titles[active]))
     return fig.update_layout(title_pad_t=12)  # pad: room for a title of several lines
 
 # %% ../../nbs/viz/09_cache.ipynb #ecaaa01d
@@ -185,7 +177,7 @@ def cache_explorer(log_p_model: torch.Tensor,  # log p_model(next word), (T,)
     fig.update_yaxes(title_text="attention a_i", row=1, col=1)
     fig.update_xaxes(title_text="λ", row=2, col=1)
     fig.update_yaxes(title_text="perplexity", row=2, col=1)
-    figure = go.FigureWidget(_legend_at_bottom(apply_style(fig, height=840)))
+    figure = go.FigureWidget(legend_at_bottom(apply_style(fig, height=840)))
     figure.update_layout(title_font_size=14, margin_t=170, title_pad_t=12)  # pad: room for a title of several lines
 
     def redraw(change=None):

@@ -10,23 +10,12 @@ import math
 import plotly.graph_objects as go
 
 from ..ntasgd import trigger_epoch
-from .style import apply_style
+from .style import apply_style, legend_above, legend_at_bottom
 
 # %% auto #0
 __all__ = ['trigger_thresholds', 'ntasgd_run_figure', 'trigger_figure', 'trigger_explorer']
 
 # %% ../../nbs/viz/07_ntasgd.ipynb #ec1a9c8d
-def _legend_above(fig):
-    "Legend in a row between the title and the plot (a slider takes the space below the plot)."
-    return fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
-                             margin_t=128)
-
-
-def _legend_at_bottom(fig):
-    "Legend along the bottom edge of the figure, clear of the x-axis title however many rows it wraps into."
-    return fig.update_layout(legend=dict(yref="container", y=0, yanchor="bottom"), margin_b=120)
-
-
 def trigger_thresholds(losses,  # validation losses, one per epoch, oldest first
                        n: int,  # the non-monotone interval (`nonmono`)
                       ) -> list:
@@ -68,7 +57,7 @@ def ntasgd_run_figure(live,  # validation loss of the live weights, one per epoc
                            font=dict(color="crimson"), align="right")
     fig.update_xaxes(title_text="epoch", dtick=1)
     fig.update_yaxes(title_text="validation cross-entropy (nats)")
-    return _legend_at_bottom(apply_style(fig, height=460, title=title))
+    return legend_at_bottom(apply_style(fig, height=460, title=title))
 
 # %% ../../nbs/viz/07_ntasgd.ipynb #cebc25db
 def _trigger_base(losses):
@@ -113,7 +102,7 @@ def trigger_figure(losses,  # validation losses, one per epoch
     fig.layout.annotations[0].text = verdicts[active]
     fig.update_layout(sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix="nonmono = "),
                                     pad=dict(t=50))])
-    return _legend_above(apply_style(fig, height=500, title=f"The trigger, {verdicts[active]}"))
+    return legend_above(apply_style(fig, height=500, title=f"The trigger, {verdicts[active]}"))
 
 
 def trigger_explorer(losses,  # validation losses, one per epoch
@@ -126,7 +115,7 @@ def trigger_explorer(losses,  # validation losses, one per epoch
     fig = go.FigureWidget(_trigger_base(losses))
     threshold, cross, _ = _trigger_traces(losses, nonmono)
     fig.add_trace(threshold); fig.add_trace(cross)
-    _legend_above(apply_style(fig, height=440))
+    legend_above(apply_style(fig, height=440))
     slider = widgets.IntSlider(value=nonmono, min=1, max=max_nonmono, description="nonmono")
 
     def update(change=None):

@@ -11,18 +11,10 @@ from plotly.subplots import make_subplots
 
 from ..data import load_ptb
 from ..regularization import toy_lm_data, train_toy_lm
-from .style import apply_style
+from .style import apply_style, legend_above, legend_at_bottom
 
 
-def _legend_above(fig):
-    "Legend in a row between the title and the plot (a slider takes the space below the plot)."
-    return fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
-                             margin_t=128)
 
-
-def _legend_at_bottom(fig):
-    "Legend along the bottom edge of the figure, clear of the x-axis title however many rows it wraps into."
-    return fig.update_layout(legend=dict(yref="container", y=0, yanchor="bottom"), margin_b=120)
 
 # %% auto #0
 __all__ = ['ar_tar_measures_figure', 'ar_tar_figure', 'ar_tar_explorer']
@@ -47,7 +39,7 @@ def ar_tar_measures_figure(runs: dict,  # {(alpha, beta): train_toy_lm result}, 
                             hovertemplate=f"{kind} = %{{x}}: %{{y:.4f}}<extra></extra>", row=row, col=1)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="coefficient", row=3, col=1)
-    return _legend_at_bottom(apply_style(fig, height=760, title="AR shrinks the state; TAR smooths it"))
+    return legend_at_bottom(apply_style(fig, height=760, title="AR shrinks the state; TAR smooths it"))
 
 # %% ../../nbs/viz/05_regularization.ipynb #46bfd6f6
 def _run_title(alpha, beta, r) -> str:
@@ -67,7 +59,7 @@ def _state_traces(r, units, span, visible=True) -> list:
 def _state_layout(fig, title):
     fig.update_xaxes(title_text="word of held-out text (time step)")
     fig.update_yaxes(title_text="raw LSTM output h", range=[-1, 1])
-    fig = _legend_above(apply_style(fig, height=520, title=title))
+    fig = legend_above(apply_style(fig, height=520, title=title))
     return fig.update_layout(title_pad_t=12)  # pad: room for a title of several lines
 
 

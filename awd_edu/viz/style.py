@@ -32,5 +32,16 @@ def apply_style(fig,  # a plotly figure (or FigureWidget), changed in place
     fig.update_annotations(font_size=13)   # subplot titles
     return fig
 
+
+def legend_above(fig):
+    "Legend in a row between the title and the plot (a slider takes the space below the plot)."
+    return fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
+                             margin_t=128)
+
+
+def legend_at_bottom(fig):
+    "Legend along the bottom edge of the figure, clear of the x-axis title however many rows it wraps into."
+    return fig.update_layout(legend=dict(yref="container", y=0, yanchor="bottom"), margin_b=120)
+
 # %% auto #0
-__all__ = ['COLORS', 'FONT', 'apply_style']
+__all__ = ['COLORS', 'FONT', 'apply_style', 'legend_above', 'legend_at_bottom']
