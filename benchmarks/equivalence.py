@@ -168,6 +168,9 @@ def check(args) -> dict:
     train = batchify(corpus.train, cfg.batch_size)
     g = torch.Generator().manual_seed(args.seed)
     seq_lens = [sample_seq_len(cfg.bptt, g) for _ in range(args.steps)]
+    if sum(seq_lens) > len(train) - 1:
+        raise SystemExit(f"--steps {args.steps}: the windows need {sum(seq_lens):,} rows and the training stream has "
+                         f"{len(train) - 1:,}; use fewer steps (about {(len(train) - 1) // cfg.bptt:,} fit)")
     start_awd, start_ref = copy.deepcopy(awd.state_dict()), copy.deepcopy(ref.state_dict())
     with_dropout = train_both(awd, ref, criterion, names, train, seq_lens, cfg, args.seed, same_masks=True)
     after = evaluations()
@@ -270,7 +273,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     load_before = common.load_average()
-    res = check(args)
+    try:
+        res = check(args)
+    except fidelity.PatchError as e:   # not the paper's code at the commit the patches were written for
+        raise SystemExit(f"equivalence.py: {e}") from None
     rows = [[k, "yes" if v else "NO"] for k, v in res["passed"].items()]
     common.print_table(rows, ["check", "same"])
     on = res["train_dropout_on_same_masks"]

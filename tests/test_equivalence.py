@@ -55,6 +55,16 @@ def test_a_folder_without_main_py_is_refused(tmp_path):
     assert r.returncode == 2 and "no main.py there" in r.stderr and "salesforce/awd-lstm-lm" in r.stderr
 
 
+def test_a_checkout_that_is_not_the_papers_code_is_named_not_a_traceback(tmp_path, ptb_folder):
+    (tmp_path / "main.py").write_text("print('some other project')\n")   # no patch site matches
+    (tmp_path / "weight_drop.py").write_text("\n")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "equivalence.py"), "--reference", str(tmp_path),
+                        "--tiny", "--out", str(tmp_path / "e.json")], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "equivalence.py: reference patch" in r.stderr and "1d466ec" in r.stderr
+    assert not (tmp_path / "e.json").exists()
+
+
 @needs_reference
 def test_the_paper_code_and_awd_edu_compute_the_same_numbers(tmp_path, ptb_folder):
     ref = Path(os.environ["AWD_LSTM_REFERENCE"])
@@ -85,3 +95,12 @@ def test_the_check_finds_tar_taken_on_the_dropped_output(monkeypatch, ptb_folder
     res = equivalence.check(equivalence.parse_args(["--reference", os.environ["AWD_LSTM_REFERENCE"], "--tiny"]))
     assert res["passed"]["train_dropout_off"] and res["passed"]["eval_before"]
     assert not res["passed"]["train_dropout_on_same_masks"] and not res["all_passed"]
+
+
+@needs_reference
+def test_more_steps_than_the_training_stream_holds_are_refused(tmp_path, ptb_folder):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "equivalence.py"), "--reference",
+                        os.environ["AWD_LSTM_REFERENCE"], "--tiny", "--steps", "30000", "--out", str(tmp_path / "e.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "use fewer steps" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "e.json").exists()
