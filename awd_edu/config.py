@@ -50,6 +50,7 @@ class TrainConfig:
     nonmono: int = 5  # n: the NT-ASGD window, and fine-tuning's stopping rule
     epochs: int = 500  # training epochs (SGD, then averaged SGD after the trigger)
     finetune_epochs: int = 500  # most fine-tuning epochs (it stops earlier when the rule fires); 0: no fine-tuning
+    patience: int = 0  # training stops once validation has not improved for this many epochs; 0: never (the paper's)
     bptt: int = 70  # nominal window length of truncated BPTT
     variable_bptt: bool = True  # random window lengths around bptt (chapter 04); False: every window is bptt
     finetune_len_delta: int = 10  # fine-tuning caps window lengths at bptt + this
@@ -120,7 +121,8 @@ CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 _PROBABILITIES = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
 _AT_LEAST_ONE = ("emb_size", "hidden_size", "n_layers", "nonmono", "epochs", "bptt", "batch_size",
                  "eval_batch_size", "test_batch_size")
-_NON_NEGATIVE = ("clip", "wdecay", "alpha", "beta", "finetune_len_delta", "seed", "finetune_epochs")
+_NON_NEGATIVE = ("clip", "wdecay", "alpha", "beta", "finetune_len_delta", "seed", "finetune_epochs",
+                 "patience")
 _CHOICES = {"optimizer": ("ntasgd", "sgd")}
 MAX_LR = 1e9  # far above any useful SGD rate; larger values overflow float32 once scaled by seq_len / bptt
 

@@ -198,15 +198,16 @@ def run_epoch(self) -> dict:
     optimizer_name = self.optimizer_name                      # before a switch: what this epoch trained with
     val_loss, improved = self._validate(e)
     fired, switched = self._apply_trigger(e, val_loss)
-    limit = cfg.epochs if self.stage == "train" else cfg.finetune_epochs
-    self.epoch, self.finished = e, e >= limit or (self.stage == "finetune" and fired)
+    self.epoch = e
     metrics = dict(stage=self.stage, epoch=e, train_loss=stats["train_loss"], train_ppl=perplexity(stats["train_loss"]),
                    valid_loss=val_loss, valid_ppl=perplexity(val_loss), lr=self.optimizer.param_groups[0]["lr"],
-                   optimizer=optimizer_name, switched=switched, best=improved, stop=self.stage == "finetune" and fired,
+                   optimizer=optimizer_name, switched=switched, best=improved, stop=False,
                    mean_seq_len=stats["mean_seq_len"], n_batches=stats["n_batches"],
                    seconds=time.perf_counter() - t0, tokens_per_s=stats["tokens"] / train_seconds,
                    peak_mem_mb=_peak_memory_mb(self.device))
     self.history.append(metrics)
+    metrics["stop"] = (self.stage == "finetune" and fired) or self._stalled()   # a rule ended the stage
+    self.finished = self._stage_done()
     if self.group.is_main:
         append_metrics(self.run_dir, metrics)
     self.save_checkpoint()
@@ -214,6 +215,21 @@ def run_epoch(self) -> dict:
         self._emit("switch", epoch=e)
     self._emit("epoch", **metrics)
     return metrics
+
+
+@patch_to(Trainer)
+def _stalled(self) -> bool:
+    "With `patience` > 0: has training's validation gone `patience` epochs without a new best?"
+    best = [m["epoch"] for m in self.history if m["stage"] == "train" and m["best"]]
+    return (self.stage == "train" and self.config.patience > 0
+            and self.epoch - (best[-1] if best else 0) >= self.config.patience)
+
+
+@patch_to(Trainer)
+def _stage_done(self) -> bool:
+    "Is the stage over: its epoch limit reached, fine-tuning's rule fired, or training stalled (`patience`)?"
+    limit = self.config.epochs if self.stage == "train" else self.config.finetune_epochs
+    return self.epoch >= limit or (self.stage == "finetune" and self.trigger.fired) or self._stalled()
 
 
 def _peak_memory_mb(device: torch.device):
@@ -310,9 +326,6 @@ def load_checkpoint(self, stage: str | None = None,  # default: fine-tuning if i
     self.optimizer.load_state_dict(state["optimizer"])
     self.trigger.load_state_dict(state["trigger"])
     self.stage, self.epoch = state["stage"], state["epoch"]
-    limit = self.config.epochs if self.stage == "train" else self.config.finetune_epochs
-    # from the config, so that raising `epochs` extends a finished run; fine-tuning also ends when its rule fired
-    self.finished = self.epoch >= limit or (self.stage == "finetune" and self.trigger.fired)
     self.best_val_loss, self.switched_at = state["best_val_loss"], state["switched_at"]
     self.global_step = state["global_step"]
     if state.get("world_size", 1) != self.group.world_size:
@@ -329,6 +342,7 @@ def load_checkpoint(self, stage: str | None = None,  # default: fine-tuning if i
                     if (order[m["stage"]], m["epoch"]) <= (order[self.stage], self.epoch)]
     if self.group.is_main:
         write_metrics(self.run_dir, self.history)
+    self.finished = self._stage_done()   # from the config, so that raising `epochs` extends a finished run
     barrier(self.group)
     return state
 

@@ -371,3 +371,23 @@ def test_an_unreadable_run_folder_fails_before_training(ptb_corpus, tmp_path, mo
     with pytest.raises(OSError) as e:
         Trainer(small(), tmp_path / "r", corpus=ptb_corpus, progress=False)
     assert e.value.errno == errno.EROFS
+
+
+# patience=2 by hand: best at epochs 1 and 2; epoch 3 is one epoch past the best, epoch 4 two -> training stops after 4
+def test_patience_stops_training_that_many_epochs_after_the_best_and_a_resume_keeps_it_stopped(ptb_corpus, tmp_path):
+    losses = [5.0, 4.0, 4.2, 4.1, 3.0]
+    trainer = Trainer(small(optimizer="sgd", patience=2, epochs=len(losses), max_train_tokens=1_000), tmp_path / "r",
+                      corpus=ptb_corpus, progress=False)
+    feed(trainer, losses)
+    metrics = trainer.fit()
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and trainer.finished
+    assert [m["stop"] for m in metrics] == [False, False, False, True]
+    assert Trainer.resume(trainer.run_dir, corpus=ptb_corpus, progress=False).finished   # stays stopped
+
+
+def test_without_patience_training_runs_every_epoch(ptb_corpus, tmp_path):
+    losses = [5.0, 4.0, 4.2, 4.1, 3.0]
+    trainer = Trainer(small(optimizer="sgd", epochs=len(losses), max_train_tokens=1_000), tmp_path / "r",
+                      corpus=ptb_corpus, progress=False)
+    feed(trainer, losses)
+    assert [m["epoch"] for m in trainer.fit()] == [1, 2, 3, 4, 5] and not any(m["stop"] for m in trainer.history)
