@@ -1,1 +1,3 @@
 __version__ = "0.1.0"
+
+from .hub import pretrained  # `awd_edu.pretrained("ptb-cpu")`: chapter 10's converged model in one call

@@ -63,3 +63,33 @@ def test_the_html_report_is_standalone_and_rewritten_each_epoch(tmp_path):
     assert "<html>" in first[:100] and "best valid ppl 300.0" in first and len(first) > 1_000_000
     feed(report, metrics)
     assert "best valid ppl 229.0 (finetune epoch 2)" in (tmp_path / "report.html").read_text()
+
+
+def overfitting_baseline():
+    return [dict(stage="train", epoch=i + 1, train_ppl=p * 0.8, valid_ppl=p, optimizer="sgd", switched=False)
+            for i, p in enumerate([400, 280, 260, 262, 275, 290])]
+
+
+def test_the_replay_figure_shades_the_phases_where_the_metrics_put_them():
+    from awd_edu.viz.dashboard import run_figure
+    metrics = hand_made_run()
+    fig = run_figure(metrics, overfitting_baseline(), "run")
+    valid = next(t for t in fig.data if t.name.endswith("valid") and t.legendgroup == "AWD-LSTM")
+    assert list(valid.y) == [m["valid_ppl"] for m in metrics] and list(valid.x) == list(range(1, 9))
+    rects = sorted((s.x0, s.x1) for s in fig.layout.shapes if s.type == "rect")
+    assert rects == [(4.5, 6.5), (6.5, 8.5)]          # averaged SGD after the switch, then fine-tuning
+    assert [s.x0 for s in fig.layout.shapes if s.type == "line"] == [4.5]
+    assert "best valid ppl 229.0" in fig.layout.title.text
+    moved = [dict(m, switched=m["epoch"] == 2 and m["stage"] == "train") for m in metrics]   # a switch elsewhere
+    assert [s.x0 for s in run_figure(moved).layout.shapes if s.type == "line"] == [2.5]
+
+
+def test_the_replay_selector_shows_one_run_or_both():
+    from awd_edu.viz.dashboard import run_figure
+    fig = run_figure(hand_made_run(), overfitting_baseline())
+    groups = [t.legendgroup for t in fig.data]
+    for button in fig.layout.updatemenus[0].buttons:
+        visible = button.args[0]["visible"]
+        shown = {g for g, v in zip(groups, visible) if v}
+        assert shown == ({"AWD-LSTM", "baseline"} if button.label == "both runs" else {button.label})
+    assert not run_figure(hand_made_run()).layout.updatemenus        # no baseline, no selector

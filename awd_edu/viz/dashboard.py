@@ -12,10 +12,10 @@ from plotly.subplots import make_subplots
 
 from ..callbacks import History
 from ..checkpoint import atomic_write_text, read_metrics
-from .style import apply_style
+from .style import COLORS, apply_style
 
 # %% auto #0
-__all__ = ['dashboard_figure', 'LiveDashboard', 'HTMLReport']
+__all__ = ['dashboard_figure', 'LiveDashboard', 'HTMLReport', 'run_figure']
 
 # %% ../../nbs/viz/08_dashboard.ipynb #1a212b7c
 _DASHBOARD_TITLES = ("perplexity per epoch", "window length and learning rate per step")
@@ -127,3 +127,63 @@ class HTMLReport(History):
         "Write the report now."
         fig = dashboard_figure(self.metrics, self.steps.as_dict(), self.title)
         return atomic_write_text(self.path, fig.to_html(include_plotlyjs=True, full_html=True))
+
+# %% ../../nbs/viz/08_dashboard.ipynb #9b1d4e36
+_AVERAGED, _FINETUNE = "rgba(214, 39, 40, 0.07)", "rgba(44, 160, 44, 0.10)"
+
+
+def _phases(metrics) -> dict:
+    "Where each phase of a run lies on its epoch axis (epochs numbered across stages): the switch and the shading."
+    out = {"switch": None, "averaged": None, "finetune": None}
+    train = [x for x, m in enumerate(metrics, 1) if m["stage"] == "train"]
+    switched = [x for x, m in enumerate(metrics, 1) if m["stage"] == "train" and m.get("switched")]
+    if switched:
+        out["switch"] = switched[0] + 0.5
+        out["averaged"] = (switched[0] + 0.5, train[-1] + 0.5)
+    tuned = [x for x, m in enumerate(metrics, 1) if m["stage"] == "finetune"]
+    if tuned:
+        out["finetune"] = (tuned[0] - 0.5, tuned[-1] + 0.5)
+    return out
+
+
+def run_figure(metrics,  # one run's metrics, one dict per epoch (`read_metrics(run_dir)` or a record's `epochs`)
+               baseline=None,  # another run's metrics drawn beside it (e.g. the same model without the tricks)
+               title: str = "AWD-LSTM on Penn Treebank",  # figure title (the best epoch is appended)
+               names: tuple = ("AWD-LSTM", "baseline"),  # legend names of the run and the baseline
+              ):
+    "Training and validation perplexity per epoch of a finished run (and a baseline), the phases shaded and marked."
+    fig = go.Figure()
+    runs = [(names[0], list(metrics), COLORS[0])] + ([(names[1], list(baseline), COLORS[7])] if baseline else [])
+    for name, ms, color in runs:
+        xs = list(range(1, len(ms) + 1))
+        hover = [f"{m['stage']} epoch {m['epoch']} ({m['optimizer']})" for m in ms]
+        for split, dash in (("valid", "solid"), ("train", "dot")):
+            fig.add_trace(go.Scatter(x=xs, y=[m[f"{split}_ppl"] for m in ms], text=hover, mode="lines+markers",
+                                     name=f"{name}: {split}", line=dict(color=color, dash=dash),
+                                     marker=dict(size=4), legendgroup=name,
+                                     hovertemplate="%{text}<br>%{y:.1f}<extra>%{fullData.name}</extra>"))
+    phases = _phases(metrics)
+    for key, fill, label in (("averaged", _AVERAGED, "averaged SGD"), ("finetune", _FINETUNE, "fine-tuning")):
+        if phases[key]:
+            x0, x1 = phases[key]
+            fig.add_vrect(x0=x0, x1=x1, fillcolor=fill, line_width=0, layer="below")
+            fig.add_annotation(x=(x0 + x1) / 2, xref="x", y=0.02, yref="y domain", text=label, showarrow=False,
+                               yanchor="bottom", font=dict(size=11, color="#555"))
+    if phases["switch"]:
+        fig.add_vline(x=phases["switch"], line=dict(color="crimson", dash="dash"))
+        fig.add_annotation(x=phases["switch"], xref="x", y=1, yref="y domain", text=" NT-ASGD switch",
+                           showarrow=False, xanchor="left", yanchor="top", font=dict(color="crimson"))
+    shown = {"both runs": [True] * len(fig.data)}
+    if baseline:   # a selector: both runs, or one of them
+        shown.update({names[0]: [True, True, False, False], names[1]: [False, False, True, True]})
+        fig.update_layout(updatemenus=[dict(type="buttons", direction="right", x=1, xanchor="right", y=1.0,
+                                            yanchor="bottom", showactive=True, pad=dict(t=0, b=4),
+                                            buttons=[dict(label=k, method="restyle", args=[{"visible": v}])
+                                                     for k, v in shown.items()])])
+    fig.update_yaxes(type="log", title_text="perplexity")
+    fig.update_xaxes(title_text="epoch (training, then fine-tuning)")
+    if metrics:
+        best = min(metrics, key=lambda m: m["valid_ppl"])
+        title += f"<br>best valid ppl {best['valid_ppl']:.1f} ({best['stage']} epoch {best['epoch']})"
+    return apply_style(fig, height=520, title=title)
+

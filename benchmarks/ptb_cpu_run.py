@@ -1,0 +1,176 @@
+"""Chapter 10's record: a converged AWD-LSTM run on Penn Treebank (and the same model without the paper's tricks),
+turned into `benchmarks/results/ptb-cpu-run.json` plus its weights in half precision.
+
+It reads two finished run directories (made by the commands recorded in the JSON), scores the run's final weights
+on validation and test, chooses the neural cache's window, theta and lambda on validation only (the paper's way)
+and applies them to test, draws three samples, writes the weights with the project's metadata and checks that the
+half-precision file reproduces the test perplexity. The heavy part (scoring, the cache search) is kept in the JSON
+and reused when the same run is recorded again with a baseline added.
+
+    python benchmarks/ptb_cpu_run.py --run runs/ptb-cpu --run-log runs/ptb-cpu.log \\
+        --baseline runs/ptb-cpu-baseline --baseline-log runs/baseline.log
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from awd_edu.cache import cache_log_p, collect_outputs, mix_nll  # noqa: E402
+from awd_edu.checkpoint import load_weights, read_metrics, weights_metadata  # noqa: E402
+from awd_edu.config import TrainConfig, build_model  # noqa: E402
+from awd_edu.data import batchify  # noqa: E402
+from awd_edu.generate import format_words, sample_words  # noqa: E402
+from awd_edu.hub import PRETRAINED, file_sha256, save_pretrained  # noqa: E402
+from awd_edu.loop import evaluate, perplexity  # noqa: E402
+from awd_edu.model import count_parameters  # noqa: E402
+from awd_edu.train import load_best  # noqa: E402
+
+NAME = "ptb-cpu"
+WINDOWS = (100, 200, 500, 1000, 2000)
+THETAS = (0.1, 0.3, 0.5, 0.7, 1.0)
+LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+ANCHORS = [  # word-level PTB, from the papers
+    dict(model="LSTM, 2 x 200, no dropout (Zaremba et al. 2014, small)", params_m=4.6, valid_ppl=120.7, test_ppl=114.5),
+    dict(model="LSTM, 2 x 650, dropout 0.5 (Zaremba et al. 2014, medium)", params_m=20, valid_ppl=86.2, test_ppl=82.7),
+    dict(model="AWD-LSTM (Merity et al. 2017), fine-tuned", params_m=24, valid_ppl=60.0, test_ppl=57.3),
+    dict(model="AWD-LSTM + continuous cache (Merity et al. 2017)", params_m=24, valid_ppl=53.9, test_ppl=52.8),
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="the converged run's directory (trained, then fine-tuned)")
+    p.add_argument("--run-log", help="the log of its driver script (its 'start'/'done' lines give the wall time)")
+    p.add_argument("--run-commit", help="the commit the run was trained at (default: this checkout's)")
+    p.add_argument("--baseline", help="the baseline's run directory (the everything-off ablation at the same sizes)")
+    p.add_argument("--baseline-log", help="the baseline driver's log")
+    p.add_argument("--baseline-commit", help="the commit the baseline was trained at")
+    p.add_argument("--out", default=str(common.RESULTS / PRETRAINED[NAME]), help="the record (JSON)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    return p.parse_args(argv)
+
+
+def wall_hours(log) -> float | None:
+    "Hours from the log's first `start <time>` line to its last `done <time>` line (None without a log)."
+    if not log:
+        return None
+    text = Path(log).read_text()
+    start = re.findall(r"^start (\S+)", text, re.M)
+    done = re.findall(r"^done (\S+)", text, re.M)
+    if not start or not done:
+        raise SystemExit(f"ptb_cpu_run.py: {log} has no 'start TIME' and 'done TIME' lines; is the run finished?")
+    t0, t1 = (dt.datetime.fromisoformat(s.replace("Z", "+00:00")) for s in (start[0], done[-1]))
+    return round((t1 - t0).total_seconds() / 3600, 3)
+
+
+def epochs_of(metrics: list) -> list:
+    "The per-epoch entries a record keeps."
+    keys = ("stage", "epoch", "optimizer", "train_ppl", "valid_ppl", "seconds", "switched", "best")
+    return [{k: (round(m[k], 3) if isinstance(m[k], float) else m[k]) for k in keys} for m in metrics]
+
+
+def shareable(config: TrainConfig) -> dict:
+    "The config as recorded: no path of this machine."
+    return {**config.to_dict(), "data_dir": None}
+
+
+def cache_search(model, valid, test, bptt: int) -> dict:
+    "The cache's window, theta and lambda chosen on validation (grid), then the same on test."
+    lp, h, y = collect_outputs(model, valid, bptt)
+    grid = []
+    for window, theta in itertools.product(WINDOWS, THETAS):
+        lpc = cache_log_p(h, y, window, theta)
+        for lam in LAMBDAS:
+            grid.append(dict(window=window, theta=theta, lambdasm=lam, valid_ppl=math.exp(mix_nll(lpc, lp, lam).mean())))
+    best = min(grid, key=lambda g: g["valid_ppl"])
+    lp_t, h_t, y_t = collect_outputs(model, test, bptt)
+    test_ppl = math.exp(mix_nll(cache_log_p(h_t, y_t, best["window"], best["theta"]), lp_t, best["lambdasm"]).mean())
+    paper = math.exp(mix_nll(cache_log_p(h_t, y_t, 500, 1.0), lp_t, 0.1).mean())
+    return dict(chosen=dict(window=best["window"], theta=best["theta"], lambdasm=best["lambdasm"]),
+                valid_ppl_cache=best["valid_ppl"], test_ppl_cache=test_ppl, test_ppl_cache_paper_settings=paper,
+                valid_ppl_static=math.exp(-lp.mean().item()), test_ppl_static=math.exp(-lp_t.mean().item()),
+                grid=[{k: round(v, 3) if isinstance(v, float) else v for k, v in g.items()} for g in grid])
+
+
+def score_run(run: Path, out: Path) -> dict:
+    "The heavy part: final weights scored, the cache searched, samples drawn, half-precision weights written."
+    config, corpus, model = load_best(run, "cpu")
+    valid_b = batchify(corpus.valid, config.eval_batch_size)
+    test_b = batchify(corpus.test, config.test_batch_size)
+    valid_ppl = perplexity(evaluate(model, valid_b, config.bptt))
+    test_ppl = perplexity(evaluate(model, test_b, config.bptt))
+    cache = cache_search(model, batchify(corpus.valid, 1), batchify(corpus.test, 1), config.bptt)
+    samples = [format_words(sample_words(model, corpus.vocab, 50, temperature=0.8, seed=s)) for s in range(3)]
+    weights = out.with_name(f"{NAME}.safetensors")
+    sha = save_pretrained(model, weights, config, corpus.vocab, out.name)
+    half = build_model(config, len(corpus.vocab))
+    load_weights(half, weights, expect=weights_metadata(config, corpus.vocab))
+    return dict(config=shareable(config), n_params=count_parameters(model), valid_ppl=valid_ppl, test_ppl=test_ppl,
+                test_ppl_cache=cache["test_ppl_cache"], cache_settings=cache["chosen"], samples=samples,
+                weights=dict(file=weights.name, sha256=sha, bytes=weights.stat().st_size, dtype="float16"),
+                results=dict(cache=cache, test_ppl_half_precision=perplexity(evaluate(half, test_b, config.bptt))))
+
+
+def baseline_part(run: Path, log, commit) -> dict:
+    "The baseline's curve and where it stopped."
+    metrics = read_metrics(run)
+    config = TrainConfig.load(run / "config.json")
+    valid = [m["valid_ppl"] for m in metrics]
+    best = min(valid)
+    results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    return dict(command=f"awd-edu train --preset ptb-cpu --ablate everything-off --set patience={config.patience} "
+                        f"--epochs {config.epochs} --device cpu --run-dir runs/ptb-cpu-baseline",
+                git_commit=commit, config=shareable(config), wall_hours=wall_hours(log), epochs=epochs_of(metrics),
+                best_valid_ppl=best, best_at=valid.index(best) + 1, last_valid_ppl=valid[-1],
+                rise_above_best_pct=100 * (valid[-1] / best - 1), test_ppl=results.get("train", {}).get("test_ppl"))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run, out = Path(args.run), Path(args.out)
+    metrics = read_metrics(run)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    epochs = epochs_of(metrics)
+    if old.get("epochs") == epochs and "cache" in old.get("results", {}):
+        print(f"{out}: this run is recorded already; its scores are reused")
+        scored = {k: old[k] for k in ("config", "n_params", "valid_ppl", "test_ppl", "test_ppl_cache", "cache_settings",
+                                       "samples", "weights", "results")}
+    else:
+        scored = score_run(run, out)
+    switched = [m["epoch"] for m in metrics if m["stage"] == "train" and m["switched"]]
+    baseline = (baseline_part(Path(args.baseline), args.baseline_log, args.baseline_commit) if args.baseline
+                else old.get("baseline"))
+    rec = common.record(NAME, __file__, torch.device("cpu"), scored["config"],
+                        dict(scored["results"], anchors=ANCHORS),
+                        summary=(f"valid {scored['valid_ppl']:.2f} / test {scored['test_ppl']:.2f}, "
+                                 f"{scored['test_ppl_cache']:.2f} with the cache"), tiny=False, argv=argv)
+    rec.update(run_command=["awd-edu train --preset ptb-cpu --device cpu --run-dir runs/ptb-cpu",
+                            "awd-edu finetune runs/ptb-cpu"],
+               run_git_commit=args.run_commit or old.get("run_git_commit") or rec["git_commit"],
+               n_params=scored["n_params"], wall_hours=wall_hours(args.run_log) if args.run_log else old.get("wall_hours"),
+               epochs=epochs, switched_at=switched[0] if switched else None,
+               averaged_epochs=sum(m["stage"] == "train" and m["optimizer"] == "asgd" for m in metrics),
+               finetune_epochs=sum(m["stage"] == "finetune" for m in metrics),
+               **{k: scored[k] for k in ("valid_ppl", "test_ppl", "test_ppl_cache", "cache_settings", "samples",
+                                         "weights")}, baseline=baseline)
+    common.write_record(rec, out)
+    print(f"{out}: valid {rec['valid_ppl']:.2f}, test {rec['test_ppl']:.2f}, test with the cache "
+          f"{rec['test_ppl_cache']:.2f} ({rec['cache_settings']}); half-precision test "
+          f"{rec['results']['test_ppl_half_precision']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
