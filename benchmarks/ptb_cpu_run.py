@@ -106,11 +106,11 @@ def cache_search(model, valid, test, bptt: int) -> dict:
 def score_run(run: Path, out: Path) -> dict:
     "The heavy part: final weights scored, the cache searched, samples drawn, half-precision weights written."
     config, corpus, model = load_best(run, "cpu")
-    valid_b = batchify(corpus.valid, config.eval_batch_size)
-    test_b = batchify(corpus.test, config.test_batch_size)
+    valid, test = corpus.valid[:config.max_eval_tokens], corpus.test[:config.max_eval_tokens]
+    valid_b, test_b = batchify(valid, config.eval_batch_size), batchify(test, config.test_batch_size)
     valid_ppl = perplexity(evaluate(model, valid_b, config.bptt))
     test_ppl = perplexity(evaluate(model, test_b, config.bptt))
-    cache = cache_search(model, batchify(corpus.valid, 1), batchify(corpus.test, 1), config.bptt)
+    cache = cache_search(model, batchify(valid, 1), batchify(test, 1), config.bptt)
     samples = [format_words(sample_words(model, corpus.vocab, 50, temperature=0.8, seed=s)) for s in range(3)]
     weights = out.with_name(f"{NAME}.safetensors")
     sha = save_pretrained(model, weights, config, corpus.vocab, out.name)

@@ -1,0 +1,85 @@
+"""benchmarks/ptb_cpu_run.py turns a finished run (and its baseline) into chapter 10's record: run on two tiny runs."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from awd_edu.cache import CACHE_PRESETS, evaluate_with_cache
+from awd_edu.config import TrainConfig
+from awd_edu.data import batchify
+from awd_edu.hub import file_sha256
+from awd_edu.train import Trainer, load_best
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import ptb_cpu_run  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(**changes):
+    return TrainConfig.from_preset("tiny").replace(**{"max_train_tokens": 4_000, "max_eval_tokens": 1_200,
+                                                      "test_batch_size": 1, **changes})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, ptb_corpus):
+    folder = tmp_path_factory.mktemp("runs")
+    run = Trainer(tiny(epochs=4, nonmono=1, finetune_epochs=2), folder / "run", corpus=ptb_corpus, progress=False)
+    run.fit()
+    run.finetune()
+    base = Trainer(tiny(epochs=6, patience=1, optimizer="sgd", finetune_epochs=0, dropout=0.0, dropouth=0.0,
+                        dropouti=0.0, wdrop=0.0, lr=60.0), folder / "base", corpus=ptb_corpus, progress=False)
+    base.fit()
+    base.test()
+    log = folder / "run.log"
+    log.write_text("start 2026-01-01T10:00:00Z\ntraining...\ndone 2026-01-01T11:30:00Z\n")
+    return folder, run, base, log
+
+
+def test_the_record_holds_the_run_its_cache_choice_and_its_weights(runs, ptb_corpus, tmp_path, capsys):
+    folder, run, base, log = runs
+    out = tmp_path / "results" / "ptb-cpu-run.json"
+    assert ptb_cpu_run.main(["--run", str(folder / "run"), "--run-log", str(log), "--out", str(out),
+                             "--threads", "1"]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["wall_hours"] == 1.5 and rec["n_params"] == sum(p.numel() for p in run.model.parameters())
+    assert [(e["stage"], e["epoch"]) for e in rec["epochs"]] == [(m["stage"], m["epoch"]) for m in run.history]
+    assert rec["switched_at"] == run.switched_at and rec["config"]["data_dir"] is None
+    assert str(tmp_path) not in json.dumps({k: v for k, v in rec.items() if k != "command"})
+    # the final weights' numbers, computed here independently
+    config, _, model = load_best(folder / "run", "cpu", ptb_corpus)
+    valid = batchify(ptb_corpus.valid[:1_200], 1)
+    chosen = rec["cache_settings"]
+    again = evaluate_with_cache(model, valid, bptt=config.bptt, **chosen)
+    assert math.isclose(again["ppl"], rec["results"]["cache"]["valid_ppl_cache"], rel_tol=1e-6)
+    paper = evaluate_with_cache(model, valid, bptt=config.bptt, **CACHE_PRESETS["ptb"])
+    assert rec["results"]["cache"]["valid_ppl_cache"] <= paper["ppl"] + 1e-9     # the grid holds the paper's setting
+    test = evaluate_with_cache(model, batchify(ptb_corpus.test[:1_200], 1), bptt=config.bptt, **chosen)
+    assert math.isclose(rec["test_ppl_cache"], test["ppl"], rel_tol=1e-6)
+    assert math.isclose(rec["test_ppl"], test["base_ppl"], rel_tol=1e-6)       # batch 1: the model alone
+    weights = out.with_name("ptb-cpu.safetensors")
+    assert rec["weights"]["sha256"] == file_sha256(weights) and rec["weights"]["file"] == weights.name
+    assert abs(rec["results"]["test_ppl_half_precision"] / rec["test_ppl"] - 1) < 5e-3
+    assert len(rec["samples"]) == 3 and all(len(s.split()) >= 40 for s in rec["samples"])
+    # recorded again with the baseline: the scores are reused, the baseline added
+    capsys.readouterr()
+    ptb_cpu_run.main(["--run", str(folder / "run"), "--baseline", str(folder / "base"), "--out", str(out),
+                      "--threads", "1"])
+    assert "reused" in capsys.readouterr().out
+    rec2 = json.loads(out.read_text())
+    assert rec2["test_ppl"] == rec["test_ppl"] and rec2["wall_hours"] == 1.5
+    valid_ppl = [m["valid_ppl"] for m in base.history]
+    b = rec2["baseline"]
+    assert b["best_valid_ppl"] == min(valid_ppl) and b["last_valid_ppl"] == valid_ppl[-1]
+    assert b["best_at"] == valid_ppl.index(min(valid_ppl)) + 1 and len(b["epochs"]) == len(base.history)
+    assert math.isclose(b["rise_above_best_pct"], 100 * (valid_ppl[-1] / min(valid_ppl) - 1))
+
+
+def test_a_log_without_its_end_is_refused(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("start 2026-01-01T10:00:00Z\n")
+    with pytest.raises(SystemExit, match="no 'start TIME' and 'done TIME' lines"):
+        ptb_cpu_run.wall_hours(log)
