@@ -23,7 +23,7 @@ its modules from there, builds its `RNNModel` at the stated size, copies that mo
 The exit status is 1 when a difference exceeds its tolerance (float32 arithmetic in another order: 1e-5 nats for a
 loss; 1e-5 of the largest change the steps made for a weight).
 
-    python benchmarks/equivalence.py --reference /path/to/awd-lstm-lm          # about a minute on one core
+    python benchmarks/equivalence.py --reference /path/to/awd-lstm-lm          # about 2 minutes on one core
     python benchmarks/equivalence.py --reference /path/to/awd-lstm-lm --tiny   # seconds
 """
 from __future__ import annotations
