@@ -33,6 +33,7 @@ def test_slider_steps_change_the_data_and_the_title():
         assert z.shape == (4, 6) and (z == z[0]).all() and list(z[0]) == column_owners(6, w)   # one owner per column
         assert [a["text"] for a in step.args[1]["annotations"]] == [f"rank {r}" if 6 // w > 1 else str(r)
                                                                    for r in range(w)]
+        assert all(a["yref"] == "paper" for a in step.args[1]["annotations"])   # above the rows: no axis stretched
         titles.append(step.args[1]["title.text"])
         zs.append(z.tobytes())
     assert len(set(titles)) == len(sizes) and len(set(zs)) == len(sizes)

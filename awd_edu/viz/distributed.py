@@ -43,7 +43,7 @@ def _panel(batch_size: int, n_steps: int, world_size: int) -> tuple:
                       hovertemplate="row %{y}, column %{x}: stream position %{text}<br>"
                                     "trained by process %{z}<extra></extra>")
     k = batch_size // world_size
-    notes = [dict(x=(r + 0.5) * k - 0.5, y=-0.75, xref="x", yref="y", showarrow=False, yanchor="bottom",
+    notes = [dict(x=(r + 0.5) * k - 0.5, y=1, xref="x", yref="paper", showarrow=False, yanchor="bottom",   # above row 0
                   text=f"rank {r}" if k > 1 else str(r), font=dict(size=12))
              for r in range(world_size)]
     title = (f"batch_size {batch_size} over {world_size} process{'es' if world_size > 1 else ''}: "

@@ -34,7 +34,7 @@ def _panel(logits: torch.Tensor, order: torch.Tensor, temperature: float) -> tup
 def _title(prompt: str, temperature: float, heights: list, entropy: float) -> str:
     after = f"after “{_label(prompt)}”" if prompt else "at a sentence start"
     return (f"The next word {after}, T = {temperature:g}<br>"
-            f"top word {heights[0]:.0%}; like a fair choice among {_choices(entropy)} words")
+            f"top word {heights[0]:.{0 if heights[0] >= 0.095 else 1}%}; like a fair choice among {_choices(entropy)} words")
 
 
 def _choices(entropy: float) -> str:
