@@ -10,9 +10,48 @@ import math
 import torch
 
 # %% auto #0
-__all__ = ['sample_words', 'format_words']
+__all__ = ['temperature_softmax', 'next_word_logits', 'sample_words', 'format_words']
 
 # %% ../nbs/08e_generate.ipynb #47747285
+def _check_temperature(temperature, caller: str):
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+        raise ValueError(f"{caller}: temperature must be a number > 0, got {temperature!r}")
+
+
+def _prompt_ids(vocab, prompt: str, caller: str) -> list:
+    "The ids of the prompt's words (`<eos>`, the start of a sentence, when it is empty), or a ValueError naming the fix."
+    words = prompt.split() or ["<eos>"]
+    unknown = [w for w in words if w not in vocab]
+    if unknown:
+        raise ValueError(f"{caller}: the prompt has words outside the vocabulary: {unknown}; PTB is lower-case, "
+                         f"numbers are written N and rare words <unk>")
+    return [vocab[w] for w in words]
+
+
+def temperature_softmax(logits: torch.Tensor,  # next-word scores, (..., V)
+                        temperature: float = 1.0,  # T: the logits are divided by it
+                       ) -> torch.Tensor:
+    "p_T(w) = softmax(logits / T) over the last axis, in float64: the distribution `sample_words` draws from."
+    _check_temperature(temperature, "temperature_softmax")
+    return torch.softmax(logits.double() / temperature, dim=-1)
+
+
+@torch.no_grad()
+def next_word_logits(model,  # an `AWDLSTM`
+                     vocab,  # its vocabulary (`corpus.vocab`)
+                     prompt: str = "",  # words to read first (PTB's own tokens); empty: the start of a sentence
+                    ) -> torch.Tensor:
+    "The model's scores for the word after `prompt`, `(V,)` float64 on the CPU (evaluation mode: no dropout)."
+    ids = _prompt_ids(vocab, prompt, "next_word_logits")
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.tensor(ids, device=next(model.parameters()).device).view(-1, 1)   # (T, 1) ids
+        return model(x).logits[-1, 0].double().cpu()                                # (V,)
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def sample_words(model,  # a trained `AWDLSTM`
                  vocab,  # its vocabulary (`corpus.vocab`)
@@ -24,23 +63,18 @@ def sample_words(model,  # a trained `AWDLSTM`
     "Draw `n_words` words from `model` after `prompt`, each from softmax(logits / temperature)."
     if isinstance(n_words, bool) or not isinstance(n_words, int) or n_words < 1:
         raise ValueError(f"sample_words: n_words must be an int >= 1, got {n_words!r}")
-    if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
-        raise ValueError(f"sample_words: temperature must be a number > 0, got {temperature!r}")
-    words = prompt.split() or ["<eos>"]
-    unknown = [w for w in words if w not in vocab]
-    if unknown:
-        raise ValueError(f"sample_words: the prompt has words outside the vocabulary: {unknown}; PTB is lower-case, "
-                         f"numbers are written N and rare words <unk>")
+    _check_temperature(temperature, "sample_words")
+    ids = _prompt_ids(vocab, prompt, "sample_words")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     was_training = model.training
     model.eval()
     try:
-        x, hidden, out = torch.tensor([vocab[w] for w in words], device=device).view(-1, 1), None, []
+        x, hidden, out = torch.tensor(ids, device=device).view(-1, 1), None, []
         for _ in range(n_words):
             res = model(x, hidden)                    # x: (T, 1) ids
             hidden = res.hidden
-            probs = torch.softmax(res.logits[-1, 0].double().cpu() / temperature, dim=-1)  # (V,)
+            probs = temperature_softmax(res.logits[-1, 0].cpu(), temperature)  # (V,)
             word = int(torch.multinomial(probs, 1, generator=generator))
             out.append(vocab.itos[word])
             x = torch.tensor([[word]], device=device)
@@ -52,3 +86,4 @@ def sample_words(model,  # a trained `AWDLSTM`
 def format_words(words) -> str:
     "Words as text, one sentence per line (`<eos>` ends a line)."
     return "\n".join(line.strip() for line in " ".join(words).split("<eos>")).strip()
+

@@ -128,6 +128,7 @@ class AWDLSTM(nn.Module):
     def forward(self, input: torch.Tensor,  # word ids, (T, B) long
                 hidden: list | None = None,  # state from `init_hidden` or the previous batch; None: zeros
                ) -> AWDLSTMOutput:
+        "Logits `(T, B, V)`, the new state, and each layer's output before and after its dropout, as an `AWDLSTMOutput`."
         if input.dim() != 2 or input.dtype != torch.long:
             raise ValueError(f"AWDLSTM: input must be word ids of shape (seq_len, batch) and dtype torch.long, "
                              f"got shape {tuple(input.shape)} and dtype {input.dtype}")

@@ -90,8 +90,10 @@ def _run_one(task: dict) -> dict:
     torch.set_num_threads(task["threads"])
     config = TrainConfig(**task["config"])
     record = run_ablation(config, task["run_dir"])
-    return dict(variant=task["variant"], seed=task["seed"], run_dir=task["run_dir"], threads=task["threads"],
-                **record)
+    where = Path(task["run_dir"]).resolve()   # recorded relative to the repository: no machine's path in a record
+    return dict(variant=task["variant"], seed=task["seed"],
+                run_dir=where.relative_to(common.ROOT).as_posix() if where.is_relative_to(common.ROOT)
+                else f"<work-dir>/{task['variant']}/{where.name}", threads=task["threads"], **record)
 
 
 def _read_partial(path: Path) -> dict:

@@ -1,4 +1,5 @@
-"""Same weights, same windows, every dropout off: do awd_edu and the paper's code compute the same numbers?
+"""Same weights, same windows, the same dropout masks (then every dropout off): do awd_edu and the paper's code
+compute the same numbers?
 
 The fidelity curves (`fidelity.py`) are two samples of a random process: the two implementations draw their dropout
 masks and window lengths from different random streams, so a gap between their curves is chance or a bug. This check
@@ -11,15 +12,18 @@ its modules from there, builds its `RNNModel` at the stated size, copies that mo
 2. evaluation: each side's own evaluation of the validation stream (batch 10, windows of bptt) at the same weights
    (main.py's `evaluate()` loop is written out here, with the rows / (rows - 1) correction fidelity.py applies:
    main.py cannot be imported, it trains when imported);
-3. training: every dropout probability set to 0, `--steps` SGD steps on the same windows from the same zero state
-   (learning rate scaled by window length, gradient clipping, AR, TAR, weight decay): awd_edu's `train_step` on one
-   side, main.py's `train()` body written out on the other; the cross-entropy of every step, then every weight;
-4. evaluation again, at the trained weights.
+3. training, twice from the same initial weights: `--steps` SGD steps on the same windows from the same zero state
+   (learning rate scaled by window length, gradient clipping, AR, TAR, weight decay), awd_edu's `train_step` on one
+   side, main.py's `train()` body written out on the other; the cross-entropy of every step, then every weight.
+   First with every dropout on and the same masks on both sides (torch reseeded before each step of each side, and
+   awd_edu's DropConnect mask drawn with `bernoulli_` as `F.dropout` draws it), then with every dropout probability
+   set to 0;
+4. evaluation again, at the weights the run with dropout on reached.
 
 The exit status is 1 when a difference exceeds its tolerance (float32 arithmetic in another order: 1e-5 nats for a
 loss; 1e-5 of the largest change the steps made for a weight).
 
-    python benchmarks/equivalence.py --reference /path/to/awd-lstm-lm          # about a minute on one core
+    python benchmarks/equivalence.py --reference /path/to/awd-lstm-lm          # about 2 minutes on one core
     python benchmarks/equivalence.py --reference /path/to/awd-lstm-lm --tiny   # seconds
 """
 from __future__ import annotations

@@ -104,6 +104,11 @@ def _slider_figures(nb):
     return figs
 
 
+# The pages whose notebooks have a slider figure: one test per page, so `-k 08e_generate` checks one chapter's sliders
+SLIDER_PAGES = [docs.docname(NBS, p) for p in docs.notebooks(NBS)
+                if _slider_figures(json.loads(p.read_text(encoding="utf-8")))]
+
+
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
@@ -364,13 +369,22 @@ _UPDATES = """id => { const gd = document.getElementById(id);
 _TITLE = "id => (document.querySelector('#' + id + ' .g-gtitle .gtitle') || {}).textContent || ''"
 
 
-def test_kernel_free_sliders_move_the_figure(watched, site):
-    "Every slider figure of the chapters is on the site, and dragging its slider with the mouse changes the figure."
+def test_every_slider_figure_is_on_the_site(site):
+    "Every slider figure of the notebooks is on the site, page by page."
     built = docs.notebooks(_built_from(site))  # the notebooks as they were when the site was built
-    in_notebooks = sum(len(_slider_figures(json.loads(p.read_text(encoding="utf-8")))) for p in built)
-    on_site = _site_slider_figures(site)
-    assert in_notebooks > 0, "no chapter has a kernel-free slider figure"
-    assert len(on_site) == in_notebooks, f"{in_notebooks} slider figures in the notebooks, {len(on_site)} on the site"
+    in_notebooks = {docs.docname(_built_from(site), p): len(_slider_figures(json.loads(p.read_text(encoding="utf-8"))))
+                    for p in built}
+    on_site = [stem for stem, _, _ in _site_slider_figures(site)]
+    assert sum(in_notebooks.values()) > 0, "no chapter has a kernel-free slider figure"
+    for stem, n in in_notebooks.items():
+        assert on_site.count(stem) == n, f"{stem}: {n} slider figures in the notebook, {on_site.count(stem)} on the site"
+
+
+@pytest.mark.parametrize("stem", SLIDER_PAGES)
+def test_kernel_free_sliders_move_the_figure(watched, site, stem):
+    "On the page, dragging each slider with the mouse changes the figure (the data, and the title where a step sets one)."
+    on_site = [fig for fig in _site_slider_figures(site) if fig[0] == stem]
+    assert on_site, f"{stem}: its notebook has slider figures, its page none"
     page = None
     for stem, div_id, _ in on_site:
         if page is None or not page.url.endswith(f"/{stem}.html"):
@@ -408,12 +422,14 @@ def _step_title(step):
     return None
 
 
-def test_sliders_keep_the_figure_title(watched, site):
-    """Clicking every step of every slider figure: the figure keeps its title, and a step that sets a new title shows
-    it. (plotly.js 3 and later clear the title when a step sets `title` to a plain string: steps set `title.text`.)"""
+@pytest.mark.parametrize("stem", SLIDER_PAGES)
+def test_sliders_keep_the_figure_title(watched, site, stem):
+    """Clicking every step of every slider figure of the page: the figure keeps its title, and a step that sets a new
+    title shows it. (plotly.js 3 and later clear the title when a step sets `title` to a plain string: steps set
+    `title.text`.)"""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     failures, page = [], None
-    for stem, div_id, fig in _site_slider_figures(site):
+    for stem, div_id, fig in [f for f in _site_slider_figures(site) if f[0] == stem]:
         if page is None or not page.url.endswith(f"/{stem}.html"):
             page = watched.goto(f"{stem}.html")
         page.wait_for_selector(f"#{div_id} .slider-container", timeout=WAIT)
@@ -484,35 +500,35 @@ def _overlaps(texts, slack=2):
 
 
 @pytest.mark.parametrize("width", [1280, 390])
-def test_figures_fit_the_page(browser, base_url, site, width):
-    """At a desktop and a phone width, on every page: no sideways scrolling; each plotly figure as wide as the
+@pytest.mark.parametrize("stem", PAGES + ["api"])
+def test_figures_fit_the_page(browser, base_url, site, stem, width):
+    """At a desktop and a phone width, on each page: no sideways scrolling; each plotly figure as wide as the
     output area it sits in; its title inside the figure; no text of a figure (title, subplot titles and other
     annotations, axis titles, tick labels, legend, slider labels) over another."""
     ctx = browser.new_context(viewport={"width": width, "height": 900})
     watched, failures = Watched(ctx, base_url), []
     try:
-        for stem in PAGES + ["api"]:
-            page = watched.goto(f"{stem}.html")
-            _wait_drawn(page, site, stem)
-            page_x, article_x = page.evaluate(_SIDEWAYS)
-            if page_x > 0 or article_x > 0:
-                failures.append(f"{stem}: scrolls sideways (page by {page_x} px, article by {article_x} px)")
-            for div_id, fig in _site_figures(site, stem):
-                lay = page.evaluate(_FIGURE_LAYOUT, page.locator(f"#{div_id}").element_handle())
-                where, bad = f"{stem} #{div_id} ({width} px)", []
-                if abs(lay["width"] - lay["room"]) > 0.06 * lay["room"]:
-                    bad.append(f"drawn {lay['width']:.0f} px wide in an output area of {lay['room']:.0f} px")
-                f = lay["fig"]
-                for t in (t for t in lay["texts"] if t["kind"] == "title"):
-                    if t["left"] < f["left"] - 1 or t["right"] > f["right"] + 1 or t["top"] < f["top"] - 1:
-                        bad.append(f"title {t['text']!r} cut off ({t['left']:.0f}-{t['right']:.0f} px in a figure "
-                                   f"{f['left']:.0f}-{f['right']:.0f} px)")
-                bad += list(dict.fromkeys(_overlaps(lay["texts"])))  # once per pair of texts
-                if bad:
-                    (ARTIFACTS / "layout").mkdir(parents=True, exist_ok=True)
-                    page.locator(f"#{div_id}").screenshot(path=str(ARTIFACTS / "layout" / f"{stem}-{div_id}-{width}.png"))
-                    failures += [f"{where}: {b}" for b in bad]
-        watched.assert_clean(f"pages at {width} px")
+        page = watched.goto(f"{stem}.html")
+        _wait_drawn(page, site, stem)
+        page_x, article_x = page.evaluate(_SIDEWAYS)
+        if page_x > 0 or article_x > 0:
+            failures.append(f"{stem}: scrolls sideways (page by {page_x} px, article by {article_x} px)")
+        for div_id, fig in _site_figures(site, stem):
+            lay = page.evaluate(_FIGURE_LAYOUT, page.locator(f"#{div_id}").element_handle())
+            where, bad = f"{stem} #{div_id} ({width} px)", []
+            if abs(lay["width"] - lay["room"]) > 0.06 * lay["room"]:
+                bad.append(f"drawn {lay['width']:.0f} px wide in an output area of {lay['room']:.0f} px")
+            f = lay["fig"]
+            for t in (t for t in lay["texts"] if t["kind"] == "title"):
+                if t["left"] < f["left"] - 1 or t["right"] > f["right"] + 1 or t["top"] < f["top"] - 1:
+                    bad.append(f"title {t['text']!r} cut off ({t['left']:.0f}-{t['right']:.0f} px in a figure "
+                               f"{f['left']:.0f}-{f['right']:.0f} px)")
+            bad += list(dict.fromkeys(_overlaps(lay["texts"])))  # once per pair of texts
+            if bad:
+                (ARTIFACTS / "layout").mkdir(parents=True, exist_ok=True)
+                page.locator(f"#{div_id}").screenshot(path=str(ARTIFACTS / "layout" / f"{stem}-{div_id}-{width}.png"))
+                failures += [f"{where}: {b}" for b in bad]
+        watched.assert_clean(f"{stem} at {width} px")
     finally:
         watched.close()
         ctx.close()

@@ -40,3 +40,28 @@ def test_zipf_figure_draws_log_spaced_ranks_and_the_reference_line():
     assert points.text[0] == "w0" and points.y[-1] == freqs[-1]
     np.testing.assert_allclose(line.y, 5000 / np.asarray(line.x), atol=0.005)   # rounded to 2 decimals
     assert fig.layout.xaxis.type == fig.layout.yaxis.type == "log" and "slope -1.10" in fig.layout.title.text
+
+
+def test_batchify_slider_lays_the_stream_out_again_at_each_batch_size():
+    "Each step of the batch-size slider shows its own layout, moves the window boxes and rewrites the title text."
+    words = [f"w{k}" for k in range(28)]
+    bszs = (2, 3, 4, 7)
+    fig = batchify_figure(words, bsz=4, i=1, seq_len=2, bszs=bszs)
+    (slider,) = fig.layout.sliders
+    assert slider.active == bszs.index(4) and len(slider.steps) == len(bszs)
+    titles, layouts = [], []
+    for j, (b, step) in enumerate(zip(bszs, slider.steps)):
+        visible = step.args[0]["visible"]
+        assert [k for k, v in enumerate(visible[:len(bszs)]) if v] == [j] and visible[len(bszs):] == [True, True]
+        text = np.array(fig.data[j].text)
+        assert text.shape == (28 // b, b) and list(text[:, 1]) == words[28 // b: 2 * (28 // b)]   # column 1
+        inputs, targets = step.args[1]["shapes"]
+        assert inputs["x1"] == targets["x1"] == b - 0.54                 # the boxes span every column
+        assert set(step.args[1]) == {"shapes", "title.text"}             # never "title": plotly.js 4 would erase it
+        titles.append(step.args[1]["title.text"])
+        layouts.append(text.tobytes())
+    assert len(set(titles)) == len(bszs) and len(set(layouts)) == len(bszs)
+    assert f"{28 - 3 * 9} token dropped" in titles[1]                    # 28 = 3 x 9 + 1
+    assert [tr.visible for tr in fig.data[:len(bszs)]] == [b == 4 for b in bszs]
+    with pytest.raises(ValueError, match="bszs"):
+        batchify_figure(words, bsz=5, bszs=bszs)

@@ -61,7 +61,7 @@ def test_forget_bias_twin_slider_rewrites_the_title_text_not_the_title():
     (slider,) = fig.layout.sliders
     assert len(fig.data) == 2 * len(biases) and len(slider.steps) == len(biases) and slider.active == 1
     for n, (b, step) in enumerate(zip(biases, slider.steps)):
-        assert set(step.args[1]) == {"title.text"}                   # never "title": plotly.js 4 would erase it
+        assert set(step.args[1]) == {"title.text", "xaxis.range"}    # never "title": plotly.js 4 would erase it
         f = 1 / (1 + math.exp(-b))
         assert f"f = {f:.3f}" in step.args[1]["title.text"]
         assert [k for k, v in enumerate(step.args[0]["visible"]) if v] == [2 * n, 2 * n + 1]
@@ -81,3 +81,20 @@ def test_forget_bias_widget_slider_redraws_curve_marker_and_title():
     f = 1 / (1 + math.exp(-2.0))
     assert abs(ex.figure.data[1].x[0] - (1 + math.log(0.5) / math.log(f))) < 1e-9
     assert "b_f = +2:" in ex.figure.layout.title.text and f"{f:.3f}" in ex.figure.layout.title.text
+
+
+def test_the_half_life_marker_stays_on_the_figure_at_every_bias():
+    "However late the half-life, each slider step's x-range holds the dotted marker, and the curve reaches it."
+    biases = (0.0, 3.0, 5.0, 6.0)                                     # half-lives 1, 14, 103, 279 steps
+    fig = forget_bias_figure(biases, steps=60, active=0)
+    for n, step in enumerate(fig.layout.sliders[0].steps):
+        x0, x1 = step.args[1]["xaxis.range"]
+        curve, marker = fig.data[2 * n], fig.data[2 * n + 1]
+        assert x0 < marker.x[0] < x1 and curve.x[-1] >= marker.x[0], (biases[n], step.args[1]["xaxis.range"])
+        assert x1 >= 61                                               # never fewer than the steps asked for
+    assert tuple(fig.layout.xaxis.range) == tuple(fig.layout.sliders[0].steps[0].args[1]["xaxis.range"])
+    ex = forget_bias_explorer(0.0, steps=60)
+    ex.sliders["forget_bias"].value = 6.0
+    x0, x1 = ex.figure.layout.xaxis.range
+    assert x0 < ex.figure.data[1].x[0] < x1 and ex.figure.data[0].x[-1] >= ex.figure.data[1].x[0]
+    assert len(ex.figure.data[0].x) == len(ex.figure.data[0].y)

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import torch
 
 from ..data import batchify, get_batch
-from .style import apply_style
+from .style import apply_style, legend_above
 
 
 def _style(fig, **kw):
@@ -27,27 +27,52 @@ __all__ = ['batchify_figure', 'zipf_figure']
 _LIGHT_BLUES = [[0, "#f7fbff"], [1, "#6baed6"]]   # light enough for black text on every cell
 
 
+def _batchify_parts(tokens: list, bsz: int, i: int, seq_len: int) -> tuple:
+    "`(heatmap, [inputs box, targets box], title)` of the tokens laid out by `batchify(stream, bsz)`."
+    pos = batchify(torch.arange(len(tokens)), bsz)            # (rows, bsz): stream position of each cell
+    x, _ = get_batch(pos, i, seq_len)                         # validates i and seq_len; fewer rows near the end
+    n, rows = len(x), len(pos)
+    text = [[tokens[p] for p in row] for row in pos.tolist()]
+    heat = go.Heatmap(z=pos.numpy(), text=text, texttemplate="%{text}", colorscale=_LIGHT_BLUES, showscale=False,
+                      textfont=dict(size=12), showlegend=False,
+                      hovertemplate="row %{y}, column %{x}: %{text}<br>stream position %{z}<extra></extra>")
+    box = dict(type="rect", x0=-0.46, x1=bsz - 0.54)
+    boxes = [dict(box, y0=i - 0.46, y1=i + n - 0.54, line=dict(color="crimson", width=3)),               # inputs
+             dict(box, y0=i + 0.54, y1=i + n + 0.46, line=dict(color="crimson", width=2, dash="dash"))]  # targets
+    dropped = len(tokens) - pos.numel()
+    title = (f"batchify(stream, {bsz}): {bsz} columns of {rows} rows<br>"
+             f"each a contiguous stretch; {dropped} token{'' if dropped == 1 else 's'} dropped")
+    return heat, boxes, title
+
+
 def batchify_figure(tokens: list,  # the stream, as words
                     bsz: int = 4,  # columns, as in `batchify`
                     i: int = 2,  # first row of the window, as in `get_batch`
                     seq_len: int = 3,  # rows of the window, as in `get_batch`
+                    bszs=None,  # batch sizes for a built-in slider (must include `bsz`); None: no slider
                    ) -> go.Figure:
     "The tokens laid out by `batchify(stream, bsz)`, coloured by stream position, with `get_batch`'s window boxed."
-    pos = batchify(torch.arange(len(tokens)), bsz)            # (rows, bsz): stream position of each cell
-    x, _ = get_batch(pos, i, seq_len)                         # validates i and seq_len; fewer rows near the end
-    n = len(x)
-    text = [[tokens[p] for p in row] for row in pos.tolist()]
-    fig = go.Figure(go.Heatmap(z=pos.numpy(), text=text, texttemplate="%{text}", colorscale=_LIGHT_BLUES,
-                               showscale=False, textfont=dict(size=12), showlegend=False,
-                               hovertemplate="row %{y}, column %{x}: %{text}<br>stream position %{z}<extra></extra>"))
-    box = dict(type="rect", x0=-0.46, x1=bsz - 0.54, line=dict(color="crimson", width=3))
-    fig.add_shape(box, y0=i - 0.46, y1=i + n - 0.54)                                  # inputs: rows i .. i+n-1
-    fig.add_shape(box, y0=i + 0.54, y1=i + n + 0.46, line_dash="dash", line_width=2)  # targets: one row later
+    bszs = [bsz] if bszs is None else list(bszs)
+    if bsz not in bszs:
+        raise ValueError(f"batchify_figure: bsz={bsz} must be one of the slider's batch sizes bszs={bszs}")
+    parts = [_batchify_parts(tokens, b, i, seq_len) for b in bszs]
+    active = bszs.index(bsz)
+    fig = go.Figure([heat.update(visible=k == active) for k, (heat, _, _) in enumerate(parts)])
     for name, dash in ((f"inputs: get_batch(source, {i}, {seq_len})", "solid"), ("their targets", "dash")):
         fig.add_scatter(x=[None], y=[None], mode="lines", name=name, line=dict(color="crimson", dash=dash))
+    fig.update_layout(shapes=parts[active][1])
     fig.update_xaxes(title_text="column (batch index)", dtick=1, showgrid=False, zeroline=False)
     fig.update_yaxes(title_text="row (time step)", dtick=1, autorange="reversed", showgrid=False, zeroline=False)
-    return _style(fig, height=480, title=f"batchify(stream, {bsz}): each column<br>a contiguous stretch of the stream")
+    if len(bszs) == 1:
+        return _style(fig, height=480, title=parts[0][2])
+    steps = [dict(method="update", label=str(b),   # a step shows its layout, moves the boxes and rewrites title.text
+                  args=[{"visible": [k == j for k in range(len(bszs))] + [True, True]},
+                        {"shapes": boxes, "title.text": title}])
+             for j, (b, (_, boxes, title)) in enumerate(zip(bszs, parts))]
+    fig.update_layout(sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix="bsz = "), pad=dict(t=50))])
+    _style(fig, height=600, title=parts[active][2])
+    return legend_above(fig).update_layout(margin_b=140)
+
 
 # %% ../../nbs/viz/03_data.ipynb #3ff7c6a7
 def zipf_figure(freqs,  # counts sorted from the largest, one per word type

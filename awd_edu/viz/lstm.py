@@ -89,10 +89,11 @@ def _signed(b: float) -> str:
 
 
 def _memory(b: float, steps: int) -> tuple:
-    "x, c_t, the half-life's step and the title for forget-gate bias `b`."
-    c = memory_trace(b, steps).numpy()
+    "x, c_t, the half-life's step and the title for forget-gate bias `b`: `steps` steps, more when the half-life is later."
     f = 1 / (1 + math.exp(-b))
     half = math.log(0.5) / math.log(f)
+    steps = max(steps, math.ceil(1.25 * (1 + half)))   # the dotted line and a little after it stay on the figure
+    c = memory_trace(b, steps).numpy()
     return (np.arange(1, steps + 1), c.round(4), 1 + half,
             f"Cell state after one write<br>b_f = {_signed(b)}: f = {f:.3f}, half-life {half:.1f} steps")
 
@@ -105,9 +106,14 @@ def _memory_traces(b: float, steps: int, visible: bool = True) -> list:
                        visible=visible, name="where c_t = 1/2", hoverinfo="skip")]
 
 
-def _memory_layout(fig, title: str, steps: int):
+def _x_range(t) -> list:
+    "The x-axis range that shows steps `t` (1 .. n)."
+    return [0, len(t) + 1]
+
+
+def _memory_layout(fig, title: str, t):
     fig.add_hline(y=0.5, line_dash="dash", line_color="gray")
-    fig.update_layout(xaxis=dict(title="step t", range=[0, steps + 1]), yaxis=dict(title="c_t", range=[0, 1.05]))
+    fig.update_layout(xaxis=dict(title="step t", range=_x_range(t)), yaxis=dict(title="c_t", range=[0, 1.05]))
     return _style(fig, height=440, title=title, legend="none")
 
 
@@ -120,11 +126,12 @@ def forget_bias_figure(biases=(-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0),  # the value
     if not 0 <= active < len(biases):
         raise ValueError(f"forget_bias_figure: active must index biases (0..{len(biases) - 1}), got {active}")
     fig = go.Figure([tr for n, b in enumerate(biases) for tr in _memory_traces(b, steps, n == active)])
+    shown = [_memory(b, steps) for b in biases]   # (t, c, the half-life's step, title) per bias
     steps_ = [dict(method="update", label=_signed(b),
                    args=[{"visible": [k // 2 == n for k in range(2 * len(biases))]},
-                         {"title.text": _memory(b, steps)[3]}])   # "title.text", never "title": plotly.js 4 would erase it
-              for n, b in enumerate(biases)]
-    _memory_layout(fig, _memory(biases[active], steps)[3], steps)
+                         {"title.text": title, "xaxis.range": _x_range(t)}])   # "title.text", never "title": plotly.js 4 would erase it
+              for n, (b, (t, _, _, title)) in enumerate(zip(biases, shown))]
+    _memory_layout(fig, shown[active][3], shown[active][0])
     fig.update_layout(sliders=[dict(active=active, steps=steps_, currentvalue=dict(prefix="b_f = "),
                                     pad=dict(t=60))], margin_b=150)
     return fig
@@ -135,16 +142,17 @@ def forget_bias_explorer(forget_bias: float = 3.0,  # initial b_f
                         ):
     "A widget: a slider for the forget-gate bias b_f, redrawing c_t of `memory_trace`; `.sliders`, `.figure`."
     import ipywidgets as widgets
-    fig = go.FigureWidget(_memory_layout(go.Figure(_memory_traces(forget_bias, steps)),
-                                         _memory(forget_bias, steps)[3], steps))
+    t, _, _, title = _memory(forget_bias, steps)
+    fig = go.FigureWidget(_memory_layout(go.Figure(_memory_traces(forget_bias, steps)), title, t))
     slider = widgets.FloatSlider(value=forget_bias, min=-2.0, max=6.0, step=0.25, description="b_f",
                                  continuous_update=False)
 
     def redraw(*_):
         t, c, at_half, title = _memory(slider.value, steps)
         with fig.batch_update():
-            fig.data[0].y, fig.data[0].name = c, f"c_t, b_f = {_signed(slider.value)}"
+            fig.data[0].x, fig.data[0].y, fig.data[0].name = t, c, f"c_t, b_f = {_signed(slider.value)}"
             fig.data[1].x = [at_half, at_half]
+            fig.layout.xaxis.range = _x_range(t)   # the dotted line stays on the figure
             fig.layout.title.text = title
 
     slider.observe(redraw, names="value")
