@@ -208,14 +208,37 @@ def record(name: str, script: str | Path, device: torch.device, config: dict, re
                 tiny=tiny, results=results, summary=summary, notes=list(notes or []))
 
 
+def _path_names() -> list:
+    "`(absolute prefix, what a record writes instead)`, longest prefix first: this machine's paths, made shareable."
+    import tempfile
+    names = [(str(ROOT) + os.sep, ""), (str(ROOT), "."), (tempfile.gettempdir(), "<temporary folder>"),
+             (str(Path.home()), "~")]
+    if os.environ.get("AWD_EDU_DATA"):
+        names.append((str(Path(os.environ["AWD_EDU_DATA"]).resolve()), "$AWD_EDU_DATA"))
+        names.append((os.environ["AWD_EDU_DATA"].rstrip(os.sep), "$AWD_EDU_DATA"))
+    return sorted(((a, b) for a, b in names if len(a) > 1), key=lambda ab: -len(ab[0]))
+
+
+def shareable(value):
+    "`value` (a record, or any part of it) with every absolute path of this machine made relative or named."
+    if isinstance(value, dict):
+        return {k: shareable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shareable(v) for v in value]
+    if isinstance(value, str):
+        for prefix, name in _path_names():
+            value = value.replace(prefix, name)
+    return value
+
+
 def write_record(rec: dict, out: str | Path) -> Path:
-    "Write `rec` as indented JSON to `out` (folders made as needed) and return the path."
+    "Write `rec` as indented JSON to `out` (folders made as needed), with no absolute path of this machine in it."
     missing = [k for k in REQUIRED_FIELDS if k not in rec]
     if missing:
         raise ValueError(f"write_record: the record lacks required fields {missing}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rec, indent=2, sort_keys=False) + "\n")
+    out.write_text(json.dumps(shareable(rec), indent=2, sort_keys=False) + "\n")
     return out
 
 

@@ -165,3 +165,15 @@ def test_update_readme_writes_the_table_and_check_sees_drift(tmp_path):
     assert "(a)/(b) = 1.05" in text and "`python benchmarks/step_cost.py --device cpu`" in text
     assert "TINY" not in text and "old" not in text and text.endswith("after\n")
     assert update_readme.main(argv + ["--check"]) == 0
+
+
+def test_a_record_never_holds_an_absolute_path_of_this_machine(tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setenv("AWD_EDU_DATA", str(tmp_path / "data"))
+    rec = {k: "x" for k in common.REQUIRED_FIELDS}
+    rec.update(command=f"python {common.ROOT / 'benchmarks' / 'fidelity.py'} --reference {tempfile.gettempdir()}/ref",
+               config=dict(data_dir=str(tmp_path / "data" / "ptb"), log=[str(Path.home() / "x.log")]))
+    out = common.write_record(rec, tmp_path / "rec.json")
+    written = json.loads(out.read_text())
+    assert written["command"] == "python benchmarks/fidelity.py --reference <temporary folder>/ref"
+    assert written["config"] == dict(data_dir="$AWD_EDU_DATA/ptb", log=["~/x.log"])
