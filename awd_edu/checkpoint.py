@@ -40,14 +40,18 @@ def _fsync_dir(folder: Path):
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-def _out_of_space(folder) -> bool:
-    "Is the disk of `folder` (nearly) full? Root may use the reserved blocks too."
+def _out_of_space(path, error: BaseException) -> bool:
+    "Did writing `path` fail for lack of space? The error may say so in its own words; else ask the disk."
+    if getattr(error, "errno", None) in _NO_SPACE or any(
+            words in str(error) for words in ("os error 28", "No space left", "Disk quota exceeded")):
+        return True
     try:
-        st = os.statvfs(folder)
+        st = os.statvfs(path.parent)
     except (OSError, AttributeError):   # Windows has no statvfs
         return False
     blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
-    return blocks * st.f_frsize < 2**20
+    like = [p.stat().st_size for p in path.parent.glob(f"*{path.suffix}") if p.is_file()]   # as large as its kind
+    return blocks * st.f_frsize < max([2**20] + like)
 
 
 def _no_space_error(path, cause: BaseException) -> OSError:
@@ -77,7 +81,7 @@ def atomic_write(path,  # the file to (re)write
         os.replace(tmp, path)
     except BaseException as e:
         # torch's zip writer and safetensors report a full disk in their own words (or none): ask the disk
-        full = isinstance(e, Exception) and (getattr(e, "errno", None) in _NO_SPACE or _out_of_space(path.parent))
+        full = isinstance(e, Exception) and _out_of_space(path, e)
         tmp.unlink(missing_ok=True)   # never leave a partial temporary file behind
         if full:
             raise _no_space_error(path, e) from e
@@ -273,7 +277,10 @@ def _read_state(path: Path) -> dict:
 def _first_line(e: BaseException) -> str:
     "An error as `Type: first line of its message`, for one-line reports."
     lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
+    if not lines:
+        return type(e).__name__
+    line = lines[0] if len(lines[0]) <= 120 else lines[0][:120].rsplit(" ", 1)[0] + " ..."   # whole words only
+    return f"{type(e).__name__}: {line}"
 
 # %% ../nbs/08b_checkpoint.ipynb #5f83a043
 def load_checkpoint(run_dir,  # the run's folder

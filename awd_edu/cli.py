@@ -133,7 +133,8 @@ def cmd_train(args) -> int:
                              f"(setting: stored, asked): {differ}. Use another --run-dir.")
         args.epochs = args.device = args.data_dir = None   # the stored config already says so: a plain resume
         return cmd_resume(args)
-    trainer = train.Trainer(config, run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet)
+    trainer = train.Trainer(config, run_dir, progress=not args.quiet)   # refuses a folder it may not train into
+    trainer.callbacks[:0] = _callbacks(run_dir, args) if trainer.group.is_main else []   # then the report reads it
     print(f"training preset {name} into {run_dir} on {trainer.device}: {_plural(config.epochs, 'epoch')}, "
           f"{count_parameters(trainer.model):,} parameters", flush=True)
     trainer.fit()
@@ -427,11 +428,10 @@ def main(argv=None) -> int:
             raise
         return status
     finally:
-        if sigterm is not None:
+        if sigterm is not None and argv is not None:   # a call from Python: leave its process as it was
             catch_signal(signal.SIGTERM, sigterm)
 
 # %% ../nbs/11_cli.ipynb #ab5c5f83
-#| eval: false
 #| eval: false
 if __name__ == "__main__":   # `python -m awd_edu.cli ...`, `torchrun -m awd_edu.cli ...`
     sys.exit(main())

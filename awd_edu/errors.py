@@ -88,8 +88,11 @@ def _fix_for_files(error: OSError, command: str, run_dir) -> str:
         if not (run_dir and command in WRITERS):
             return "free some space, then run it again"
         last = _last_checkpoint(run_dir)
+        again = "start it again (same --run-dir)" if command == "train" else f"run `awd-edu {command} {run_dir}` again"
         if last is None:
-            return f"no epoch had been checkpointed yet: free some space, then start it again (same --run-dir)"
+            return f"nothing had been checkpointed yet: free some space, then {again}"
+        if command == "finetune" and last.startswith("train"):   # fine-tuning had not checkpointed: it starts again
+            return f"the last checkpoint ({last}) and the best weights are intact: free some space, then {again}"
         return f"the last checkpoint ({last}) is intact: free some space, then `awd-edu resume {run_dir}` goes on from it"
     if command == "data":
         return f"choose another --dir, or set {data.ENV_VAR} to a folder you can write"
@@ -183,6 +186,7 @@ def handle(error: BaseException,  # what a command raised
     "Print the message for `error` and return the exit status; None: a bug (or --debug), to raise with its traceback."
     if isinstance(error, KeyboardInterrupt) and ending:   # a second Ctrl-C must not turn the way out into a traceback
         catch_signal(signal.SIGINT, signal.SIG_IGN)
+        catch_signal(signal.SIGTERM, signal.SIG_IGN)
     if isinstance(error, BrokenPipeError) and not debug:
         return output_closed(command, run_dir)
     explained = None if debug else explain(error, command, run_dir)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .checkpoint import (
@@ -139,6 +140,7 @@ def remove_temporary_files(run_dir) -> list:
 
 # %% ../nbs/08h_rundir.ipynb #ed32d397
 _RUN_FILES = ("config.json", METRICS_FILE, "report.html", "checkpoints")   # what a run killed in epoch 1 leaves
+_CHECKPOINT_FILE = r"(train|finetune)-(e\d+\.safetensors|e\d+\.state\.pt|best\.safetensors|latest\.json)"
 
 
 def check_new_run_dir(run_dir):
@@ -157,13 +159,14 @@ def check_new_run_dir(run_dir):
     done = [n for n in ("best.safetensors", "results.json") if (run_dir / n).exists()]
     if done or logged:
         raise FileExistsError(f"{run_dir} holds a run ({', '.join(done or [f'{logged} epochs in {METRICS_FILE}'])}) "
-                              f"whose checkpoints are gone, so it can be neither continued nor replaced; nothing was "
-                              f"changed. Train into another folder (--run-dir NEW); evaluate and generate still read "
-                              f"its best weights")
+                              f"without a checkpoint to continue from (deleted, or killed before its first one), so "
+                              f"it can be neither resumed nor replaced; nothing was changed. Train into another "
+                              f"folder (--run-dir NEW); evaluate and generate still read its best weights")
     hidden_tmp = lambda p: p.name.startswith(".") and p.name.endswith(".tmp")
     foreign = [p.name for p in sorted(run_dir.iterdir()) if p.name not in _RUN_FILES and not hidden_tmp(p)]
-    if checkpoint_dir(run_dir).is_dir():
-        foreign += [f"checkpoints/{p.name}" for p in sorted(checkpoint_dir(run_dir).iterdir()) if not hidden_tmp(p)]
+    if checkpoint_dir(run_dir).is_dir():   # pieces of a first checkpoint a kill cut short are ours
+        foreign += [f"checkpoints/{p.name}" for p in sorted(checkpoint_dir(run_dir).iterdir())
+                    if not hidden_tmp(p) and not re.fullmatch(_CHECKPOINT_FILE, p.name)]
     if (run_dir / "config.json").exists():
         try:
             TrainConfig.load(run_dir / "config.json")

@@ -220,7 +220,7 @@ def test_no_space_left_and_other_disk_errors_are_explained(run):
     status, message = cli.explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/x/.metrics.jsonl.ab.tmp"),
                                   "train", "runs/x")
     assert status == 2 and "the folder runs/x" in message and "no space left" in message
-    assert "no epoch had been checkpointed yet" in message and "start it again" in message
+    assert "nothing had been checkpointed yet" in message and "start it again" in message
     status, message = cli.explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "metrics.jsonl")),
                                   "resume", str(run))
     assert f"{run / 'metrics.jsonl'} cannot be written: no space left" in message
@@ -290,7 +290,7 @@ def test_finite_divergence_stops_the_run_and_never_becomes_best(tmp_path, capsys
 
 
 def test_a_loss_too_large_for_exp_prints_inf(trained, monkeypatch, capsys):
-    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: 800.0)   # exp(800) overflows a float
+    monkeypatch.setattr(R, "evaluate", lambda *a, **k: 800.0)   # exp(800) overflows a float (score_run's evaluate)
     assert main(["evaluate", str(trained), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("valid perplexity inf ")
     assert main(["evaluate", str(trained), "--quiet", "--json"]) == 0
