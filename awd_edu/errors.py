@@ -24,7 +24,7 @@ __all__ = ['DEBUG_ENV', 'PACKAGE', 'WRITERS', 'Terminated', 'raised_by_us', 'exp
 
 # %% ../nbs/11a_errors.ipynb #30fe60f3
 DEBUG_ENV = "AWD_EDU_DEBUG"  # set to 1: errors keep their traceback, as with --debug
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(data.__file__).resolve().parent   # the awd_edu folder (found from a module, so notebooks agree)
 WRITERS = ("train", "resume", "finetune")   # the commands that write to a run directory (and hold its lock)
 
 

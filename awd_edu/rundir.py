@@ -106,7 +106,7 @@ def _lock_holder(inode: int) -> str:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 return f"process {pid}"
-            return f"process {pid} ({cmd.strip()[:120]})"
+            return f"process {pid} ({' '.join(cmd.split())[:120]})"   # one line, however it was started
     return "another process"
 
 
