@@ -33,13 +33,28 @@ class Terminated(KeyboardInterrupt):
 
 
 def raised_by_us(error: BaseException) -> bool:
-    "Was `error` raised by awd_edu's own code (its innermost frame lies in the package)? One made by hand counts as ours."
+    "Was `error` raised by awd_edu's own code, not by torch, another library or Python (judged by its innermost frame)? One made by hand counts as ours."
     tb = error.__traceback__
     if tb is None:
         return True
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
+    name = tb.tb_frame.f_code.co_filename
+    where = Path(name).resolve()
+    if where.is_relative_to(PACKAGE):
+        return True   # else: a notebook cell defining the package's code is ours; the libraries and Python are not
+    return not name.startswith("<") and not any(where.is_relative_to(lib) for lib in _LIBRARIES)
+
+
+def _library_folders() -> tuple:
+    "Where Python's standard library and installed packages (torch, numpy, ...) live."
+    import site, sysconfig
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths |= set(getattr(site, "getsitepackages", lambda: [])()) | {site.getusersitepackages()}
+    return tuple(Path(p).resolve() for p in paths if p)
+
+
+_LIBRARIES = _library_folders()
 
 
 def _lost_process(error: BaseException) -> bool:
