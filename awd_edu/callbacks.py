@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 # %% auto #0
-__all__ = ['EVENTS', 'Callback', 'StepTrace', 'History', 'ProgressBar']
+__all__ = ['EVENTS', 'Callback', 'StepTrace', 'History', 'ProgressBar', 'print_epoch']
 
 # %% ../nbs/08c_callbacks.ipynb #4d39fac8
 EVENTS = ("start", "epoch_start", "batch", "epoch", "switch", "checkpoint", "end")
@@ -80,3 +80,14 @@ class ProgressBar(Callback):
             self.bar = None
 
     on_end = on_epoch
+
+
+def print_epoch(event: dict):
+    "The command line's log (a subscriber that prints): one line per epoch and the NT-ASGD switch (a diverged perplexity prints as inf)."
+    if event["event"] == "epoch":
+        print(f"{event['stage']} epoch {event['epoch']:>3d}: train ppl {event['train_ppl']:8.2f}  valid ppl "
+              f"{event['valid_ppl']:8.2f}  {event['optimizer']:4s}  {event['seconds']:7.1f} s  "
+              f"{event['tokens_per_s']:9,.0f} tok/s{'  *best' if event['best'] else ''}", flush=True)
+    elif event["event"] == "switch":
+        print(f"NT-ASGD: validation stopped improving, switching to averaged SGD after epoch {event['epoch']}",
+              flush=True)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 from pathlib import Path
 
@@ -19,13 +20,15 @@ from . import __version__
 from . import checkpoint, data, distributed, loop, train
 from .ablations import ABLATIONS, ablation_config, list_ablations
 from .config import CONFIG_FIELDS, PRESETS, TrainConfig, resolve_preset, settings_table
-from .errors import DEBUG_ENV, explain
+from .callbacks import print_epoch as _print_event
+from .errors import DEBUG_ENV, catch_signal, explain, handle, positive, raise_terminated
+from .rundir import existing_run, score_run
 from .generate import format_words, sample_words
 from .model import count_parameters
 
 # %% auto #0
-__all__ = ['cmd_data', 'cmd_train', 'cmd_resume', 'cmd_finetune', 'cmd_evaluate', 'cmd_generate', 'cmd_ablations', 'cmd_presets',
-           'add_data_parser', 'add_train_parsers', 'add_presets_parser', 'build_parser', 'main']
+__all__ = ['cmd_data', 'cmd_train', 'cmd_resume', 'cmd_finetune', 'cmd_evaluate', 'cmd_generate', 'cmd_report', 'cmd_ablations',
+           'cmd_presets', 'add_data_parser', 'add_train_parsers', 'add_presets_parser', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4a6fd240
 def cmd_data(args) -> int:
@@ -68,34 +71,20 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def _print_event(event: dict):
-    "The command line's log: one line per epoch and the NT-ASGD switch (a diverged perplexity prints as inf)."
-    if event["event"] == "epoch":
-        print(f"{event['stage']} epoch {event['epoch']:>3d}: train ppl {event['train_ppl']:8.2f}  valid ppl "
-              f"{event['valid_ppl']:8.2f}  {event['optimizer']:4s}  {event['seconds']:7.1f} s  "
-              f"{event['tokens_per_s']:9,.0f} tok/s{'  *best' if event['best'] else ''}", flush=True)
-    elif event["event"] == "switch":
-        print(f"NT-ASGD: validation stopped improving, switching to averaged SGD after epoch {event['epoch']}",
-              flush=True)
+def _report(run_dir, missing: str):
+    "An `HTMLReport` of the run, or None (after printing `missing`) when the pictures' extra (plotly) is not installed."
+    try:
+        from awd_edu.viz.dashboard import HTMLReport  # a face: it may draw
+    except ImportError:
+        print(missing.format(install='pip install "awd_edu[viz]"'), file=sys.stderr, flush=True)
+        return None
+    return HTMLReport(run_dir)
 
 
 def _callbacks(run_dir, args) -> list:
-    callbacks = [_print_event]
-    if not args.no_report:
-        from awd_edu.viz.dashboard import HTMLReport  # a face: it may draw
-        callbacks.append(HTMLReport(run_dir))
-    return callbacks
-
-
-def _existing_run(path) -> Path:
-    "The run directory `path`, or a clear error if it is not one."
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run directory at {run_dir}; runs are made by `awd-edu train --run-dir DIR`")
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (it has no config.json); runs are made by "
-                                f"`awd-edu train --run-dir DIR`")
-    return run_dir
+    report = None if args.no_report else _report(run_dir, "note: plotly is not installed, so no report.html is "
+                                                          "written ({install} adds it; --no-report: no note)")
+    return [_print_event] + ([report] if report is not None else [])
 
 
 def _finish(trainer) -> int:
@@ -115,6 +104,8 @@ def _requested_config(args) -> tuple:
     name, reason = resolve_preset(args.preset)
     flags = {key: getattr(args, key) for key in ("epochs", "device", "data_dir", "seed")
              if getattr(args, key) is not None}
+    if "data_dir" in flags:   # stored resolved, so the run can be resumed and evaluated from any folder
+        flags["data_dir"] = os.path.abspath(os.path.expanduser(flags["data_dir"]))
     config = ablation_config(TrainConfig.from_preset(name), getattr(args, "ablate", None) or "full")
     return config.with_overrides(list(args.set or [])).replace(**flags), name, reason
 
@@ -134,35 +125,38 @@ def cmd_train(args) -> int:
         if not args.resume_existing:
             raise FileExistsError(f"{run_dir} already holds a run with checkpoints; nothing was changed. Continue it "
                                   f"with `awd-edu resume {run_dir}`, or train into another --run-dir.")
-        stored = TrainConfig.load(_existing_run(run_dir) / "config.json")
+        stored = TrainConfig.load(existing_run(run_dir) / "config.json")
         differ = {k: (getattr(stored, k), getattr(config, k)) for k in CONFIG_FIELDS
                   if getattr(stored, k) != getattr(config, k)}
         if differ:
             raise ValueError(f"{run_dir} holds a run with another config, so it cannot be resumed as asked "
                              f"(setting: stored, asked): {differ}. Use another --run-dir.")
-        args.epochs = None   # the stored config already says so: a plain resume
+        args.epochs = args.device = args.data_dir = None   # the stored config already says so: a plain resume
         return cmd_resume(args)
-    trainer = train.Trainer(config, run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet)
+    trainer = train.Trainer(config, run_dir, progress=not args.quiet)   # refuses a folder it may not train into
+    trainer.callbacks[:0] = _callbacks(run_dir, args) if trainer.group.is_main else []   # then the report reads it
     print(f"training preset {name} into {run_dir} on {trainer.device}: {_plural(config.epochs, 'epoch')}, "
           f"{count_parameters(trainer.model):,} parameters", flush=True)
     trainer.fit()
     return _finish(trainer)
 
 
+def _moved(args, limit: str) -> dict:
+    "A resume's changes: the epoch limit `limit` (from --epochs), --device and --data-dir, where given."
+    return {k: v for k, v in {limit: args.epochs, "device": args.device, "data_dir": args.data_dir}.items() if v}
+
+
 def cmd_resume(args) -> int:
     "Run `awd-edu resume`: `Trainer.resume`, then the stage the run stopped in."
-    run_dir = _existing_run(args.run_dir)
+    run_dir = existing_run(args.run_dir)
     previous = getattr(args, "from_previous", False)
-    changes = {"epochs": args.epochs} if args.epochs is not None else {}
+    changes = _moved(args, "epochs")
     trainer = train.Trainer.resume(run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet,
                                    from_previous=previous, **changes)
     if trainer.finished:
-        if trainer.stage == "train":
-            print(f"{run_dir}: training finished ({_plural(trainer.epoch, 'epoch')}), nothing to resume. "
-                  f"Next: `awd-edu finetune {run_dir}`")
-        else:
-            print(f"{run_dir}: fine-tuning finished ({_plural(trainer.epoch, 'epoch')}), nothing to resume. "
-                  f"Next: `awd-edu evaluate {run_dir} --split test --cache`")
+        stage, then = (("training", f"finetune {run_dir}") if trainer.stage == "train" else
+                       ("fine-tuning", f"evaluate {run_dir} --split test --cache"))
+        print(f"{run_dir}: {stage} finished ({_plural(trainer.epoch, 'epoch')}), nothing to resume. Next: `awd-edu {then}`")
         return 0
     print(f"resuming {run_dir}: {trainer.stage} stage after epoch {trainer.epoch}"
           f"{' (the checkpoint before the latest)' if previous else ''}", flush=True)
@@ -172,7 +166,7 @@ def cmd_resume(args) -> int:
 
 def cmd_finetune(args) -> int:
     "Run `awd-edu finetune`: resume the training stage, then `Trainer.finetune`."
-    run_dir = _existing_run(args.run_dir)
+    run_dir = existing_run(args.run_dir)
     pointer = checkpoint.read_pointer(run_dir, "finetune")
     if pointer is not None:
         if pointer.get("finished"):
@@ -180,7 +174,7 @@ def cmd_finetune(args) -> int:
                                   f"nothing was changed. Evaluate it with `awd-edu evaluate {run_dir}`.")
         raise FileExistsError(f"fine-tuning of {run_dir} stopped after epoch {pointer['epoch']}; continue it with "
                               f"`awd-edu resume {run_dir}`.")
-    changes = {"finetune_epochs": args.epochs} if args.epochs is not None else {}
+    changes = _moved(args, "finetune_epochs")
     trainer = train.Trainer.resume(run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet, **changes)
     if trainer.finished or args.allow_unfinished:   # what `Trainer.finetune` accepts (config.json changes only if so)
         if not trainer.finished:
@@ -200,40 +194,37 @@ def _finite(value):
 
 
 def cmd_evaluate(args) -> int:
-    "Run `awd-edu evaluate`."
-    run_dir = _existing_run(args.run_dir)
-    config, corpus, model = train.load_best(run_dir, args.device)
-    device = next(model.parameters()).device
-    tokens = getattr(corpus, args.split)[:config.max_eval_tokens]
-    result = dict(run_dir=str(run_dir), split=args.split, tokens=len(tokens))
-    if args.cache:
-        if args.batch_size not in (None, 1):
-            raise ValueError(f"--cache scores one stream, at batch 1; drop --batch-size {args.batch_size}")
-        from awd_edu.cache import CACHE_PRESETS, evaluate_with_cache  # chapter 09
-        params = dict(CACHE_PRESETS["ptb"])
-        params.update({k: getattr(args, k) for k in ("window", "theta", "lambdasm") if getattr(args, k) is not None})
-        r = evaluate_with_cache(model, data.batchify(tokens, 1).to(device), bptt=config.bptt, **params)
-        result.update(batch_size=1, cache=params, loss=r["loss"], ppl=loop.perplexity(r["loss"]),
-                      loss_without_cache=r["base_loss"], ppl_without_cache=loop.perplexity(r["base_loss"]))
-        text = (f"{args.split} perplexity {result['ppl_without_cache']:.2f} without the cache, {result['ppl']:.2f} "
-                f"with it (window {params['window']}, theta {params['theta']}, lambdasm {params['lambdasm']}; batch 1)")
+    "Run `awd-edu evaluate` (`score_run`)."
+    cache = {k: getattr(args, k) for k in ("window", "theta", "lambdasm") if getattr(args, k) is not None}
+    result = score_run(existing_run(args.run_dir), args.split, args.batch_size, cache if args.cache else None,
+                       args.device, args.data_dir, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(_finite(result), indent=2, allow_nan=False))
+    elif args.cache:
+        c = result["cache"]
+        print(f"{args.split} perplexity {result['ppl_without_cache']:.2f} without the cache, {result['ppl']:.2f} "
+              f"with it (window {c['window']}, theta {c['theta']}, lambdasm {c['lambdasm']}; batch 1)")
     else:
-        bsz = args.batch_size or (config.eval_batch_size if args.split == "valid" else config.test_batch_size)
-        if bsz > len(tokens) // 2:
-            raise ValueError(f"--batch-size {bsz} is too large for the {len(tokens):,} tokens of the {args.split} "
-                             f"split (each column needs at least 2); use at most {len(tokens) // 2:,}")
-        loss = loop.evaluate(model, data.batchify(tokens, bsz).to(device), config.bptt, progress=not args.quiet)
-        result.update(batch_size=bsz, loss=loss, ppl=loop.perplexity(loss))
-        text = f"{args.split} perplexity {result['ppl']:.2f} (batch {bsz}, {len(tokens):,} tokens)"
-    print(json.dumps(_finite(result), indent=2, allow_nan=False) if args.json else text)
+        print(f"{args.split} perplexity {result['ppl']:.2f} (batch {result['batch_size']}, {result['tokens']:,} tokens)")
     return 0
 
 
 def cmd_generate(args) -> int:
     "Run `awd-edu generate`."
-    _, corpus, model = train.load_best(_existing_run(args.run_dir), args.device)
+    _, corpus, model = train.load_best(existing_run(args.run_dir), args.device, data_dir=args.data_dir)
     words = sample_words(model, corpus.vocab, args.words, args.temperature, args.prompt, args.seed)
     print(format_words(args.prompt.split() + words))
+    return 0
+
+
+def cmd_report(args) -> int:
+    "Run `awd-edu report`: (re)write a run's HTML report from its metrics.jsonl (a reader: no lock needed)."
+    run_dir = existing_run(args.run_dir)
+    report = _report(run_dir, "awd-edu report: plotly is not installed, so no report can be drawn; {install} adds it")
+    if report is None:
+        return 1
+    report.path = Path(args.out) if args.out else report.path
+    print(f"report of {_plural(len(report.metrics), 'epoch')} of {run_dir} -> {report.write()}")
     return 0
 
 # %% ../nbs/11_cli.ipynb #5c1d8e09
@@ -259,18 +250,12 @@ def cmd_presets(args) -> int:
     return 0
 
 # %% ../nbs/11_cli.ipynb #501fbcc2
-def _positive(kind):
-    "An argparse type: a number of type `kind` (int or float) that is finite and > 0."
-    what = "an integer" if kind is int else "a number"
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}") from None
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}")
-        return value
-    return parse
+def _add_machine_options(p, device=None):
+    "A run used on another machine: the device (default `device`; None: the run's own) and where the data now lives."
+    p.add_argument("--device", default=device, help=f"auto, cpu, cuda or cuda:N (default: {device or 'as the run'})")
+    p.add_argument("--data-dir", default=None,
+                   help="folder of the PTB files, when it is no longer where the run's config.json says (moved, "
+                        "another machine)")
 
 
 def _add_run_options(p):
@@ -290,7 +275,7 @@ def add_data_parser(sub) -> None:
     p.add_argument("--mirror", action="append", metavar="URL",
                    help="download from this mirror instead of the defaults (repeatable): a base URL of the raw "
                         "files or a .tgz archive holding data/ptb.*.txt")
-    p.add_argument("--timeout", type=_positive(float), default=30.0,
+    p.add_argument("--timeout", type=positive(float), default=30.0,
                    help="seconds a mirror may stay silent (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or download messages")
     p.add_argument("--json", action="store_true", help="info: print JSON")
@@ -315,7 +300,7 @@ def add_train_parsers(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help=f"change one setting, typed by its field, e.g. --set lr=20 --set dropouti=0.5 (repeatable). "
                         f"KEY is one of: {keys}. `awd-edu presets` shows each one's type and value")
-    p.add_argument("--epochs", type=_positive(int), default=None, help="training epochs (default: the preset's)")
+    p.add_argument("--epochs", type=positive(int), default=None, help="training epochs (default: the preset's)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 141)")
     p.add_argument("--data-dir", default=None, help=f"folder of the PTB files (default: ${data.ENV_VAR}/ptb)")
@@ -332,11 +317,12 @@ def add_train_parsers(sub) -> None:
                                    "if it had begun), with the config stored there. The result is the same as an "
                                    "uninterrupted run. A refused resume changes nothing in RUN_DIR.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--epochs", type=_positive(int), default=None,
+    p.add_argument("--epochs", type=positive(int), default=None,
                    help="train until this many epochs in all, e.g. to extend a finished run (default: the config's)")
     p.add_argument("--from-previous", action="store_true",
                    help="resume from the checkpoint before the latest one (when the latest is damaged): its last "
                         "epoch is trained again")
+    _add_machine_options(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_resume)
 
@@ -345,11 +331,12 @@ def add_train_parsers(sub) -> None:
                                    "bptt+10, stops when validation stalls (the NT-ASGD rule); best.safetensors is "
                                    "replaced only by better weights. The training stage must have finished.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--epochs", type=_positive(int), default=None,
+    p.add_argument("--epochs", type=positive(int), default=None,
                    help="at most this many epochs (default: finetune_epochs)")
     p.add_argument("--allow-unfinished", action="store_true",
                    help="fine-tune although training stopped before its last epoch; its training can then no "
                         "longer be continued")
+    _add_machine_options(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -359,13 +346,13 @@ def add_train_parsers(sub) -> None:
                                    "theta 1.0, lambdasm 0.1, at batch 1).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
     p.add_argument("--split", choices=["valid", "test"], default="valid", help="which split (default: valid)")
-    p.add_argument("--batch-size", type=_positive(int), default=None,
+    p.add_argument("--batch-size", type=positive(int), default=None,
                    help="columns (default: eval_batch_size for valid, test_batch_size for test; 1 with --cache)")
     p.add_argument("--cache", action="store_true", help="add the neural cache (batch 1)")
-    p.add_argument("--window", type=_positive(int), default=None, help="cache window (default 500)")
+    p.add_argument("--window", type=positive(int), default=None, help="cache window (default 500)")
     p.add_argument("--theta", type=float, default=None, help="cache theta (default 1.0)")
     p.add_argument("--lambdasm", type=float, default=None, help="cache weight lambda (default 0.1)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    _add_machine_options(p, "auto")
     p.add_argument("--json", action="store_true", help="print JSON (a perplexity too large for a float is null)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -373,13 +360,21 @@ def add_train_parsers(sub) -> None:
     p = sub.add_parser("generate", help="sample text from a run's best weights",
                        description="Sample words from RUN_DIR's best weights, each from softmax(logits / T).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--words", type=_positive(int), default=50, help="how many words to draw (default 50)")
-    p.add_argument("--temperature", type=_positive(float), default=1.0,
+    p.add_argument("--words", type=positive(int), default=50, help="how many words to draw (default 50)")
+    p.add_argument("--temperature", type=positive(float), default=1.0,
                    help="T > 0; below 1 is more conservative (default 1.0)")
     p.add_argument("--seed", type=int, default=None, help="seed for a reproducible sample")
     p.add_argument("--prompt", default="", help="words to start from, in PTB's tokens (lower-case, N for numbers)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    _add_machine_options(p, "auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("report", help="(re)write a run's HTML report from its metrics.jsonl",
+                       description=f"Draw RUN_DIR's report (perplexity per epoch, the NT-ASGD switch, fine-tuning) "
+                                   f"from its metrics.jsonl as a standalone HTML file. It only reads the run, so it "
+                                   f"may run while the run trains. Needs the pictures' extra: pip install 'awd_edu[viz]'.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    p.add_argument("--out", default=None, metavar="FILE", help="where to write it (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
 
 
 def add_presets_parser(sub) -> None:
@@ -421,18 +416,20 @@ def main(argv=None) -> int:
     except SystemExit as e:   # --help, --version, or a usage error argparse has printed
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    sigterm = catch_signal(signal.SIGTERM, raise_terminated)   # SIGTERM stops a run as Ctrl-C does, files closed
     try:
         group = distributed.init_from_env()   # under torchrun: join the processes (chapter 08g); else one process
         if not group.is_main:                 # rank 0 speaks for the run; the others print only their errors
             sys.stdout = open(os.devnull, "w")
         return args.func(args)
-    except BaseException as e:
-        explained = None if debug else explain(e, args.command, getattr(args, "run_dir", None))
-        if explained is None:
+    except BaseException as e:   # a message and an exit status, or (a bug, --debug) the traceback
+        status = handle(e, args.command, getattr(args, "run_dir", None), debug, ending=argv is None)
+        if status is None:
             raise
-        status, message = explained
-        print(message, file=sys.stderr)
         return status
+    finally:
+        if sigterm is not None and argv is not None:   # a call from Python: leave its process as it was
+            catch_signal(signal.SIGTERM, sigterm)
 
 # %% ../nbs/11_cli.ipynb #ab5c5f83
 #| eval: false

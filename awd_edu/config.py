@@ -264,12 +264,17 @@ def resolve_preset(name: str,  # a preset name, or "auto"
 def resolve_device(name: str = "auto",  # "auto", "cpu", "cuda" or "cuda:N"
                    group=None,  # a `distributed.Group`: several processes on one machine take a GPU each (08g)
                   ) -> torch.device:
-    "The device for a run: CUDA when `auto` and present, else CPU; asking for CUDA without one is an error."
+    "The device for a run: CUDA when `auto` and present, else CPU; a name out of the list, or CUDA without one, is an error."
+    _check_field("device", name)   # the same rule and message as a config's device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device; use device=auto or cpu")
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device on this machine; use --device "
+                         f"cpu (or auto), device='cpu' in Python")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), numbered from 0; use --device cuda (or auto, or cpu)")
     if device.type == "cuda" and device.index is None and group is not None and group.parallel:
         device = torch.device("cuda", group.local_rank)   # one GPU per process
     return device

@@ -5,18 +5,80 @@
 # %% ../nbs/11a_errors.ipynb #b79ba7f7
 from __future__ import annotations
 
+import argparse
 import errno
+import math
+import os
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import torch
 
-from . import data, loop
+from . import checkpoint, data, loop
 
 # %% auto #0
-__all__ = ['DEBUG_ENV', 'explain']
+__all__ = ['DEBUG_ENV', 'PACKAGE', 'WRITERS', 'Terminated', 'raised_by_us', 'explain', 'positive', 'catch_signal',
+           'raise_terminated', 'output_closed', 'handle']
 
 # %% ../nbs/11a_errors.ipynb #30fe60f3
 DEBUG_ENV = "AWD_EDU_DEBUG"  # set to 1: errors keep their traceback, as with --debug
+PACKAGE = Path(data.__file__).resolve().parent   # the awd_edu folder (found from a module, so notebooks agree)
+WRITERS = ("train", "resume", "finetune")   # the commands that write to a run directory (and hold its lock)
+
+
+class Terminated(KeyboardInterrupt):
+    "SIGTERM as an exception, so that a stopped run closes its files and removes its temporary ones."
+
+
+def raised_by_us(error: BaseException) -> bool:
+    "Was `error` raised by awd_edu's own code, not by torch, another library or Python (judged by its innermost frame)? One made by hand counts as ours."
+    tb = error.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    name = tb.tb_frame.f_code.co_filename
+    where = Path(name).resolve()
+    if where.is_relative_to(PACKAGE):
+        return True   # else: a notebook cell defining the package's code is ours; the libraries and Python are not
+    return not name.startswith("<") and not any(where.is_relative_to(lib) for lib in _LIBRARIES)
+
+
+def _library_folders() -> tuple:
+    "Where Python's standard library and installed packages (torch, numpy, ...) live."
+    import site, sysconfig
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths |= set(getattr(site, "getsitepackages", lambda: [])()) | {site.getusersitepackages()}
+    return tuple(Path(p).resolve() for p in paths if p)
+
+
+_LIBRARIES = _library_folders()
+
+
+def _lost_process(error: BaseException) -> bool:
+    "Did a collective call fail because another process of a data-parallel run died or hung up?"
+    lost = getattr(torch.distributed, "DistBackendError", ())
+    if lost and isinstance(error, lost):
+        return True
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return (isinstance(error, RuntimeError) and tb is not None
+            and "torch/distributed" in tb.tb_frame.f_code.co_filename.replace("\\", "/"))
+
+
+def _last_checkpoint(run_dir) -> str | None:
+    "`stage epoch N` of the run's latest checkpoint, or None."
+    for stage in ("finetune", "train"):
+        try:
+            pointer = checkpoint.read_pointer(run_dir, stage)
+        except Exception:   # a damaged pointer: say nothing about it here
+            pointer = None
+        if pointer:
+            return f"{stage} epoch {pointer['epoch']}"
+    return None
 
 _CANNOT_WRITE = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not open to you (permission denied)",
                  errno.EPERM: "is not open to you (operation not permitted)",
@@ -38,8 +100,15 @@ def _where(error: OSError) -> str:
 def _fix_for_files(error: OSError, command: str, run_dir) -> str:
     "What to do when `command` cannot write (or read) the files it needs."
     if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None)):
-        then = f"`awd-edu resume {run_dir}` goes on from the last completed epoch" if run_dir else "run it again"
-        return f"free some space, then {then}"
+        if not (run_dir and command in WRITERS):
+            return "free some space, then run it again"
+        last = _last_checkpoint(run_dir)
+        again = "start it again (same --run-dir)" if command == "train" else f"run `awd-edu {command} {run_dir}` again"
+        if last is None:
+            return f"nothing had been checkpointed yet: free some space, then {again}"
+        if command == "finetune" and last.startswith("train"):   # fine-tuning had not checkpointed: it starts again
+            return f"the last checkpoint ({last}) and the best weights are intact: free some space, then {again}"
+        return f"the last checkpoint ({last}) is intact: free some space, then `awd-edu resume {run_dir}` goes on from it"
     if command == "data":
         return f"choose another --dir, or set {data.ENV_VAR} to a folder you can write"
     if command == "train":
@@ -56,12 +125,14 @@ def explain(error: BaseException,  # what a command raised
            ) -> tuple | None:
     "`(exit status, message)` for an error the user can act on; None for anything else (a bug keeps its traceback)."
     say = lambda text: (2, f"awd-edu {command}: error: {text}")
+    resume = (f"every completed epoch is checkpointed, `awd-edu resume {run_dir}` goes on from the last one"
+              if run_dir and command in WRITERS else "")
     if isinstance(error, loop.TrainingDiverged):
         return 1, f"awd-edu {command}: stopped: {error}"
+    if isinstance(error, Terminated):
+        return 143, f"awd-edu {command}: stopped (SIGTERM){'; ' + resume if resume else ''}"
     if isinstance(error, KeyboardInterrupt):
-        then = (f"; every completed epoch is checkpointed, `awd-edu resume {run_dir}` goes on from the last one"
-                if run_dir and command in ("train", "resume", "finetune") else "")
-        return 130, f"awd-edu {command}: interrupted{then}"
+        return 130, f"awd-edu {command}: interrupted{'; ' + resume if resume else ''}"
     if isinstance(error, torch.cuda.OutOfMemoryError):
         what = str(error).partition("\n")[0][:100]
         return say(f"out of GPU memory ({what}); lower batch_size or the model's sizes with --set, or use --device cpu")
@@ -69,6 +140,72 @@ def explain(error: BaseException,  # what a command raised
         return say(f"{_where(error)} {_CANNOT_WRITE[error.errno]}; {_fix_for_files(error, command, run_dir)}")
     if isinstance(error, OSError) and error.errno is not None and error.strerror:
         return say(f"{error.strerror}: {_where(error)}")   # e.g. an input/output error of the disk
-    if isinstance(error, (ValueError, OSError, data.DownloadError)):
+    if _lost_process(error):
+        what = str(error).strip().partition("\n")[0][:100]
+        then = (f"; {resume}, started again with the same torchrun command" if resume else "")
+        return say(f"another process of this data-parallel run stopped or lost contact ({what}){then}")
+    if isinstance(error, (checkpoint.CheckpointError, data.DownloadError)):
+        return say(error)
+    if isinstance(error, (ValueError, OSError)) and raised_by_us(error):
         return say(error)   # the package's messages name the file or the setting and the fix
-    return None
+    return None   # torch's, numpy's or Python's own ValueError is a bug to report: it keeps its traceback
+
+
+def positive(kind):
+    "An argparse type: refuses, with a message, anything but a number of type `kind` (int or float) that is finite and > 0."
+    what = "an integer" if kind is int else "a number"
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}") from None
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}")
+        return value
+    return parse
+
+
+def catch_signal(signum, handler):
+    "Install a signal handler (only the main thread may); return the previous one, or None if none was installed."
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signum, handler)
+    except (ValueError, OSError):
+        return None
+
+
+def raise_terminated(signum, frame):
+    "A SIGTERM handler: stop as Ctrl-C does (files closed, temporary files removed), as `Terminated`."
+    raise Terminated()
+
+
+def output_closed(command: str, run_dir=None) -> int:
+    "Standard output was closed by its reader (`| head`): stop quietly, exit status 141 as for SIGPIPE."
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error when Python exits
+    except (OSError, ValueError, AttributeError):
+        pass
+    if command in WRITERS and run_dir:
+        print(f"awd-edu {command}: stopped: its output was closed (broken pipe); every completed epoch is "
+              f"checkpointed, `awd-edu resume {run_dir}` goes on from the last one", file=sys.stderr)
+    return 141
+
+
+def handle(error: BaseException,  # what a command raised
+           command: str,  # the subcommand
+           run_dir=None,  # the run directory it works on
+           debug: bool = False,  # --debug: every error keeps its traceback
+           ending: bool = False,  # the process ends right after (a real command line, not a call from Python)
+          ) -> int | None:
+    "Print the message for `error` and return the exit status; None: a bug (or --debug), to raise with its traceback."
+    if isinstance(error, KeyboardInterrupt) and ending:   # a second Ctrl-C must not turn the way out into a traceback
+        catch_signal(signal.SIGINT, signal.SIG_IGN)
+        catch_signal(signal.SIGTERM, signal.SIG_IGN)
+    if isinstance(error, BrokenPipeError) and not debug:
+        return output_closed(command, run_dir)
+    explained = None if debug else explain(error, command, run_dir)
+    if explained is None:
+        return None
+    print(explained[1], file=sys.stderr)
+    return explained[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -31,13 +32,15 @@ from .loop import (
     TrainingDiverged, evaluate, lm_loss, perplexity, simple_fit, train_epoch, train_step, unigram_perplexity)
 from .model import AWDLSTM, count_parameters
 from .ntasgd import NonMonotonicTrigger, averaged_weights, make_asgd
+from .rundir import (
+    RESUMABLE, check_config_unchanged, check_new_run_dir, finetune_best, hold_run_dir, keep_training_best, load_best,
+    load_corpus, publish_best)
 
 # %% auto #0
-__all__ = ['STAGES', 'RESUMABLE', 'expected_batches', 'Trainer', 'patch_to', 'load_best']
+__all__ = ['STAGES', 'expected_batches', 'Trainer', 'patch_to']
 
 # %% ../nbs/08d_train.ipynb #251cda7b
 STAGES = ("train", "finetune")
-RESUMABLE = ("epochs", "finetune_epochs", "device", "data_dir")  # settings a resume may change
 
 
 def expected_batches(n_rows: int, bptt: int, variable: bool = True) -> int:
@@ -59,15 +62,25 @@ class Trainer:
                 ):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"Trainer: config must be a TrainConfig, got {type(config).__name__}")
+        if config.data_dir is not None:   # stored resolved: the run can be resumed from any folder
+            config = config.replace(data_dir=os.path.abspath(os.path.expanduser(config.data_dir)))
         self.config, self.group = config, group if group is not None else current_group()
         reports = list(callbacks) + ([ProgressBar()] if progress else [])
         self.callbacks = reports if self.group.is_main else []   # one process reports (chapter 08g)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="awd-edu-run-"))
-        if not _resuming and has_checkpoint(self.run_dir):
-            raise FileExistsError(f"{self.run_dir} already holds a run with checkpoints; continue it with "
-                                  f"`awd-edu resume {self.run_dir}` (Trainer.resume) or choose another run directory")
+        self._lock = hold_run_dir(self.run_dir, self.group)   # one writer: a second one is refused here
+        try:
+            self._setup(config, corpus, _resuming)
+        except BaseException:
+            self.close()   # a refused run leaves no empty folder behind
+            raise
+
+    def _setup(self, config, corpus, resuming: bool):
+        "Everything `__init__` does once the run folder is held."
+        if not resuming:
+            check_new_run_dir(self.run_dir)
         self.device = resolve_device(config.device, self.group)
-        self.corpus = corpus if corpus is not None else load_ptb(config.data_dir)
+        self.corpus = corpus if corpus is not None else load_corpus(config, self.run_dir if resuming else None)
         self.vocab_size = len(self.corpus.vocab)
         self.expect = weights_metadata(config, self.corpus.vocab)
         self.data = make_splits(self.corpus, config, self.device)
@@ -81,11 +94,18 @@ class Trainer:
         self.best_val_loss, self.switched_at, self.global_step = math.inf, None, 0
         self.history = []  # metrics dicts of every completed epoch, both stages
         self.config_changed = False  # a resume's changes, written to config.json once a stage really runs
-        if not _resuming and self.group.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming and self.group.is_main:
             config.save(self.run_dir / "config.json")
             write_metrics(self.run_dir, [])
         barrier(self.group)
+
+    def close(self):
+        "Let go of the run folder, so that another process may write to it (also when the trainer is deleted)."
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
+
+    __del__ = close
 
     def _seed(self, seed: int):
         "Seed torch's generators (weights, dropout masks: a stream per process) and the window-length generator."
@@ -169,8 +189,9 @@ def _validate(self, e: int) -> tuple:
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss = val_loss
-            if self.group.is_main:
-                save_weights(self.model, self.run_dir / "best.safetensors",
+            if self.group.is_main:   # fine-tuning's best goes to its own file until a checkpoint vouches for it
+                path = self.run_dir / "best.safetensors" if self.stage == "train" else finetune_best(self.run_dir)
+                save_weights(self.model, path,
                              {**self.expect, "stage": self.stage, "epoch": e, "valid_loss": repr(val_loss)})
     return val_loss, improved
 
@@ -211,6 +232,8 @@ def run_epoch(self) -> dict:
     if self.group.is_main:
         append_metrics(self.run_dir, metrics)
     self.save_checkpoint()
+    if self.stage == "finetune" and self.group.is_main:   # best.safetensors moves only now, after the checkpoint
+        publish_best(self.run_dir, self.epoch)
     if switched:
         self._emit("switch", epoch=e)
     self._emit("epoch", **metrics)
@@ -264,7 +287,10 @@ def finetune(self, allow_unfinished: bool = False,  # fine-tune although trainin
             raise ValueError(f"training stopped after epoch {self.epoch} of {cfg.epochs}; fine-tuning starts from the "
                              f"best weights of a finished training stage. Finish it first (`awd-edu resume "
                              f"{self.run_dir}`), or fine-tune now anyway with --allow-unfinished (allow_unfinished=True)")
-        load_weights(self.model, self.run_dir / "best.safetensors", expect=self.expect)
+        best = self.run_dir / "best.safetensors"
+        load_weights(self.model, best, expect=self.expect)
+        if self.group.is_main:   # training's best is kept; a killed attempt's fine-tuned weights are dropped
+            keep_training_best(self.run_dir)
         self._seed(cfg.seed + 1)
         self.stage, self.epoch, self.finished = "finetune", 0, False
         self.optimizer, self.trigger = self._asgd(), NonMonotonicTrigger(cfg.nonmono)
@@ -343,6 +369,8 @@ def load_checkpoint(self, stage: str | None = None,  # default: fine-tuning if i
     if self.group.is_main:
         write_metrics(self.run_dir, self.history)
     self.finished = self._stage_done()   # from the config, so that raising `epochs` extends a finished run
+    if self.stage == "finetune" and self.group.is_main:   # a kill between a checkpoint and the move of best
+        publish_best(self.run_dir, self.epoch)
     barrier(self.group)
     return state
 
@@ -366,13 +394,22 @@ def resume(cls, run_dir,  # a run directory made by `Trainer` or `awd-edu train`
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
                                 f"`awd-edu train --run-dir DIR`")
+    lock = hold_run_dir(run_dir, group if group is not None else current_group())   # before reading anything
+    try:
+        return _resume(cls, run_dir, corpus, callbacks, progress, from_previous, group, changes)
+    finally:
+        if lock is not None:
+            lock.release()   # the trainer holds the folder from here on
+
+
+def _resume(cls, run_dir, corpus, callbacks, progress, from_previous, group, changes):
     refused = sorted(set(changes) - set(RESUMABLE))
     if refused:
         raise ValueError(f"a resume can change only {', '.join(RESUMABLE)}; {refused} would make it another run")
     config = TrainConfig.load(run_dir / "config.json")
     stage = "finetune" if _has_stage(run_dir, "finetune") else "train"
     state, _ = ckpt.load_checkpoint(run_dir, stage, previous=from_previous)
-    _check_config_unchanged(config, state, run_dir)
+    check_config_unchanged(config, state, run_dir)
     config = config.replace(**changes)
     trainer = cls(config, run_dir, corpus, callbacks, progress, group, _resuming=True)
     trainer.load_checkpoint(stage, from_previous)
@@ -381,45 +418,7 @@ def resume(cls, run_dir,  # a run directory made by `Trainer` or `awd-edu train`
         raise ValueError(f"{limit}={changes[limit]} is below the {trainer.epoch} epochs the {trainer.stage} stage has "
                          f"already run; ask for at least {trainer.epoch}")
     trainer.config_changed = bool(changes)   # config.json is rewritten only when a stage runs with them
-    if trainer.group.is_main:
-        for folder in (run_dir, run_dir / "checkpoints"):   # temporary files of writes the crash interrupted
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
-    barrier(trainer.group)
     return trainer
-
-
-def _check_config_unchanged(config: TrainConfig, state: dict, run_dir):
-    "Refuse a `config.json` edited by hand in a setting that a resume cannot honour."
-    saved = state.get("config")
-    if saved is None:   # checkpoints of format 1 did not store the config
-        return
-    saved = TrainConfig(**{**TrainConfig().to_dict(), **saved})
-    changed = {k: (getattr(saved, k), getattr(config, k)) for k in CONFIG_FIELDS
-               if k not in RESUMABLE and getattr(saved, k) != getattr(config, k)}
-    if changed:
-        raise ValueError(f"{run_dir / 'config.json'} was edited since the checkpoint was written (setting: "
-                         f"checkpoint, file): {changed}. A resume continues the same run: put those values back, or "
-                         f"train a new run with them. A resume may change only {', '.join(RESUMABLE)}.")
-
-# %% ../nbs/08d_train.ipynb #373a0455
-def load_best(run_dir,  # a run directory
-              device: str = "auto",  # where the model goes: "auto", "cpu", "cuda" or "cuda:N"
-              corpus: Corpus | None = None,  # the data; None: `load_ptb(config.data_dir)`
-             ) -> tuple:
-    "`(config, corpus, model)`: a run's config and its best weights, checked against its vocabulary and sizes."
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
-                                f"`awd-edu train --run-dir DIR`")
-    best = run_dir / "best.safetensors"
-    if not best.is_file():
-        raise FileNotFoundError(f"{run_dir} has no best.safetensors yet (no epoch finished): train it first")
-    config = TrainConfig.load(run_dir / "config.json")
-    corpus = corpus if corpus is not None else load_ptb(config.data_dir)
-    model = build_model(config, len(corpus.vocab)).to(resolve_device(device))
-    load_weights(model, best, expect=weights_metadata(config, corpus.vocab))
-    return config, corpus, model
 
 # %% ../nbs/08d_train.ipynb #539897cb
 @patch_to(Trainer)

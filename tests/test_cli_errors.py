@@ -21,6 +21,7 @@ import torch
 import awd_edu.checkpoint as ckpt
 import awd_edu.cli as cli
 import awd_edu.loop as loop
+import awd_edu.rundir as R
 import awd_edu.train as T
 from awd_edu.cli import main
 
@@ -42,6 +43,7 @@ def corpus_once(ptb_folder):
         return loaded[key]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(T, "load_ptb", load_ptb)
+        mp.setattr(R, "load_ptb", load_ptb)   # the run directory's readers (load_best) load through it too
         yield
 
 
@@ -214,11 +216,15 @@ def test_a_run_folder_without_write_permission_is_named(run, tmp_path, capsys):
     assert snapshot(run) == before and not (parent / "run").exists()
 
 
-def test_no_space_left_and_other_disk_errors_are_explained():
+def test_no_space_left_and_other_disk_errors_are_explained(run):
     status, message = cli.explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/x/.metrics.jsonl.ab.tmp"),
                                   "train", "runs/x")
     assert status == 2 and "the folder runs/x" in message and "no space left" in message
-    assert "`awd-edu resume runs/x`" in message
+    assert "nothing had been checkpointed yet" in message and "start it again" in message
+    status, message = cli.explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "metrics.jsonl")),
+                                  "resume", str(run))
+    assert f"{run / 'metrics.jsonl'} cannot be written: no space left" in message
+    assert "the last checkpoint (train epoch 2) is intact" in message and f"`awd-edu resume {run}`" in message
     status, message = cli.explain(OSError(errno.EIO, os.strerror(errno.EIO), "runs/x/best.safetensors"), "evaluate")
     assert status == 2 and message == f"awd-edu evaluate: error: {os.strerror(errno.EIO)}: runs/x/best.safetensors"
 
@@ -284,7 +290,7 @@ def test_finite_divergence_stops_the_run_and_never_becomes_best(tmp_path, capsys
 
 
 def test_a_loss_too_large_for_exp_prints_inf(trained, monkeypatch, capsys):
-    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: 800.0)   # exp(800) overflows a float
+    monkeypatch.setattr(R, "evaluate", lambda *a, **k: 800.0)   # exp(800) overflows a float (score_run's evaluate)
     assert main(["evaluate", str(trained), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("valid perplexity inf ")
     assert main(["evaluate", str(trained), "--quiet", "--json"]) == 0

@@ -2,6 +2,7 @@
 seconds with the fix; a failing notebook does not keep pytest from running, and the script fails at the end if any
 step failed."""
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -84,3 +85,37 @@ def test_fast_mode_skips_the_notebooks_and_the_slow_tests(tmp_path):
                        capture_output=True, text=True, timeout=60)
     calls = log.read_text()
     assert r.returncode == 0 and "nbdev_test" not in calls and 'python -m pytest -q -m not slow' in calls
+
+
+# ------------------------------------------------------------------------- Chromium for the browser tests
+def stub_path(tmp_path, apt_get: str) -> dict:
+    "An environment whose PATH has no Chromium, only the tools the step needs and a stand-in `apt-get`."
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("id", "dirname", "env", "cat"):
+        (bin_ / tool).symlink_to(subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True,
+                                                text=True).stdout.strip())
+    (bin_ / "apt-get").write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/apt.log\n{apt_get}\n")
+    (bin_ / "apt-get").chmod(0o755)
+    return {**os.environ, "PATH": str(bin_)}
+
+
+def test_browser_step_installs_chromium_when_it_is_missing(tmp_path):
+    fake = f"[ \"$1\" = install ] && printf '#!/bin/bash\\n' > {tmp_path}/bin/chromium && chmod +x {tmp_path}/bin/chromium; exit 0"
+    r = subprocess.run(["/bin/bash", str(SCRIPT), "--browser-only"], env=stub_path(tmp_path, fake),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "installing it with apt-get" in r.stdout and "Chromium: installed" in r.stdout, r
+    assert "install -y -qq chromium chromium-driver" in (tmp_path / "apt.log").read_text()
+
+
+def test_browser_step_says_loudly_when_chromium_cannot_be_had(tmp_path):
+    r = subprocess.run(["/bin/bash", str(SCRIPT), "--browser-only"], env=stub_path(tmp_path, "exit 100"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "== WARNING: Chromium could not be installed" in r.stderr, r
+    assert "the browser tests (tests/test_*_browser.py) will fail" in r.stderr
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no Chromium here")
+def test_browser_step_finds_an_installed_chromium():
+    r = subprocess.run(["bash", str(SCRIPT), "--browser-only"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Chromium: /" in r.stdout, r
