@@ -374,7 +374,7 @@ def _upgrade(study: dict) -> dict:
 def describe_regime(study: dict) -> str:
     "One line on the regime a record was measured in: sizes, data, epochs, evaluation, seeds."
     b, seeds = study["config"]["base"], study["config"]["seeds"]
-    n = {r["variant"]: r["n_params"] for r in study["results"]["runs"]}.get("full")
+    n = {r["variant"]: r.get("n_params") for r in study["results"]["runs"]}.get("full")
     data = f"the first {b['max_train_tokens']:,} training tokens" if b["max_train_tokens"] else "all 929,589 training tokens"
     evals = (f"the first {b['max_eval_tokens']:,} tokens of validation and test" if b["max_eval_tokens"]
              else "the full validation and test splits")
