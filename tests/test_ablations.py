@@ -98,7 +98,7 @@ def test_the_study_regime_keeps_the_papers_recipe_and_regularisers_and_evaluates
     for k in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop", "alpha", "beta", "wdecay", "lr", "clip",
               "optimizer", "variable_bptt", "tie_weights"):
         assert getattr(cfg, k) == getattr(paper, k), k
-    assert cfg.max_eval_tokens is None and cfg.max_train_tokens and cfg.patience > 0
+    assert cfg.max_eval_tokens is None and cfg.max_train_tokens and cfg.patience > cfg.nonmono + 1   # ASGD gets epochs
     assert cfg.epochs > cfg.nonmono + 1 and cfg.finetune_epochs > cfg.nonmono   # the trigger can fire in both stages
     assert study_config(seed=7).seed == 7 and study_config().preset == "ablation-cpu"
     assert mini_config().preset == "ablation-mini" and mini_config().max_train_tokens == MINI["max_train_tokens"]
@@ -384,7 +384,9 @@ def test_the_tables_and_sentences_read_the_runs():
         in table
     text = worth(study, "no-weight-drop")
     assert "+4.0 [+2.7, +5.3]" in text and "worse than the full model" in text and "the full model: 100.0" in text
-    assert "no runs of `untied`" in worth(study, "untied")
+    assert "no runs of `untied`" in worth(study, "untied") and "this course's CPU study" in text
+    study["results"]["upgraded_from"] = 1          # a record of the first study says that it is superseded
+    assert "first CPU study, superseded" in worth(study, "no-weight-drop")
     says = what_the_record_says(study)
     assert "**Worse than the full model (test interval above zero)**: `no-weight-drop`" in says
     assert "the full validation and test splits" in says and "4 seeds (1, 2, 3, 4)" in says
