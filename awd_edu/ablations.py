@@ -21,7 +21,7 @@ from .ntasgd import NonMonotonicTrigger
 from .train import RESUMABLE, Trainer
 
 # %% auto #0
-__all__ = ['PAPER_SOURCE', 'PAPER_TABLE', 'PAPER_CACHE', 'NO_NTASGD_LR_DROP', 'ABLATIONS', 'STUDY', 'MINI', 'EPOCH_KEYS', 'T_95',
+__all__ = ['PAPER_SOURCE', 'PAPER_TABLE', 'PAPER_CACHE', 'NO_NTASGD_LR_DROP', 'ABLATIONS', 'REGIME', 'MINI', 'EPOCH_KEYS', 'T_95',
            'VERDICTS', 'STUDY_FILE', 'Ablation', 'list_ablations', 'get_ablation', 'ablation_config', 'study_config',
            'mini_config', 'LrDropTrainer', 'run_ablation', 't_critical', 'spread', 'mean_interval', 'verdict', 'paired',
            'convergence', 'overfitting', 'summarise', 'regime_checks', 'load_study', 'describe_regime',
@@ -120,14 +120,14 @@ def ablation_config(base: TrainConfig,  # the config to take a piece out of: `st
     return base.replace(**get_ablation(name).changes_for(base))
 
 # %% ../nbs/08f_ablations.ipynb #7068e917
-STUDY = dict(emb_size=64, hidden_size=256, n_layers=2, batch_size=20, bptt=35, eval_batch_size=10,
+REGIME = dict(emb_size=64, hidden_size=256, n_layers=2, batch_size=20, bptt=35, eval_batch_size=10,
              test_batch_size=10, max_train_tokens=100_000, max_eval_tokens=None, epochs=30, patience=6,
              finetune_epochs=5, nonmono=3)  # every regulariser, lr, clip and the optimiser: the paper's PTB command
 
 
 def study_config(**overrides) -> TrainConfig:
     "The CPU study's regime: the paper's recipe and regularisers on a small model and a slice of PTB, trained until validation stalls."
-    return TrainConfig(**{**TrainConfig().to_dict(), "preset": "ablation-cpu", **STUDY}).replace(**overrides)
+    return TrainConfig(**{**TrainConfig().to_dict(), "preset": "ablation-cpu", **REGIME}).replace(**overrides)
 
 
 # the first study's regime (its record stays committed until the new study replaces it): 16 short epochs on

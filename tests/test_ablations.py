@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import awd_edu.model as M
 from awd_edu.ablations import (
-    ABLATIONS, MINI, NO_NTASGD_LR_DROP, PAPER_TABLE, STUDY, T_95, Ablation, LrDropTrainer, ablation_config,
+    ABLATIONS, MINI, NO_NTASGD_LR_DROP, PAPER_TABLE, REGIME, T_95, Ablation, LrDropTrainer, ablation_config,
     convergence, get_ablation, list_ablations, load_study, mean_interval, measured_table, mini_config, overfitting,
     paired, regime_checks, run_ablation, spread, study_config, summarise, t_critical, verdict, what_the_record_says,
     worth)
@@ -79,7 +79,7 @@ def test_the_variants_cover_the_paper_table_once_and_unknown_names_are_refused()
     with pytest.raises(ValueError, match="known ablations: full, no-finetune"):
         get_ablation("no-dropout")
     with pytest.raises(TypeError, match="base must be a TrainConfig"):
-        ablation_config(STUDY, "full")
+        ablation_config(REGIME, "full")
 
 
 @pytest.mark.parametrize("base", [study_config(), mini_config(), TrainConfig.from_preset("ptb"),
