@@ -25,7 +25,7 @@ __all__ = ['PAPER_SOURCE', 'PAPER_TABLE', 'PAPER_CACHE', 'NO_NTASGD_LR_DROP', 'A
            'VERDICTS', 'STUDY_FILE', 'Ablation', 'list_ablations', 'get_ablation', 'ablation_config', 'study_config',
            'mini_config', 'LrDropTrainer', 'run_ablation', 't_critical', 'spread', 'mean_interval', 'verdict', 'paired',
            'convergence', 'overfitting', 'summarise', 'regime_checks', 'load_study', 'describe_regime',
-           'measured_table', 'worth', 'what_the_record_says']
+           'measured_table', 'worth']
 
 # %% ../nbs/08f_ablations.ipynb #ecd4bdaa
 PAPER_SOURCE = ("Merity, Keskar & Socher (2017), Regularizing and Optimizing LSTM Language Models, "
@@ -427,37 +427,3 @@ def worth(study: dict,  # the record (`load_study()`)
     return (f"In {where} ([chapter 08f](08f_ablations.ipynb); {describe_regime(study)}), "
             f"`{name}` changes test perplexity by {_ci(t)} against the full model of the same seed (the full "
             f"model: {full_t['mean']:.1f} on average), and validation perplexity by {_ci(v)}: {what}.")
-
-
-def what_the_record_says(study: dict) -> str:
-    "Markdown: whether the regime's two conditions hold in the record, then the variants grouped by their test verdict, with valid and test differences and intervals."
-    runs = study["results"]["runs"]
-    summary, checks = summarise(runs), regime_checks(runs)
-    conv, over = checks["full_converged"], checks["everything_off_overfits"]
-    bad_c = [c["seed"] for c in conv if not c["converged"]]
-    bad_o = [c["seed"] for c in over if not c["overfits"]]
-    rises = ", ".join(f"+{100 * c['rise']:.0f}%" for c in over)
-    lines = [f"Measured in the {describe_regime(study)}.", ""]
-    if conv:
-        lines.append(f"- **The full model converges** in {len(conv) - len(bad_c)} of {len(conv)} runs (best training "
-                     f"epoch before the last 20% of its epochs, or less than 1% gained in them)"
-                     + (f"; not in seed(s) {', '.join(map(str, bad_c))}." if bad_c else "."))
-    if over:
-        lines.append(f"- **The model with everything off overfits** in {len(over) - len(bad_o)} of {len(over)} runs "
-                     f"(last validation perplexity at least 5% above its best: "
-                     f"{rises})"
-                     + (f"; not in seed(s) {', '.join(map(str, bad_o))}." if bad_o else "."))
-    groups = {}
-    for name, s in summary.items():
-        if "paired" in s:
-            groups.setdefault(s["paired"]["test"]["verdict"], []).append(
-                f"`{name}` (test {_ci(s['paired']['test'])}, valid {_ci(s['paired']['valid'])})")
-    heads = {"worse": "Worse than the full model (test interval above zero)",
-             "better": "Better than the full model (test interval below zero)",
-             VERDICTS[2]: "No measurable effect at this size (test interval contains zero)",
-             VERDICTS[3]: "Too few seeds for an interval"}
-    for v in VERDICTS:
-        if v in groups:
-            lines.append(f"- **{heads[v]}**: {', '.join(groups[v])}.")
-    lines += ["", "(Mean difference to the full model of the same seed, in perplexity points, with its 95% interval.)"]
-    return "\n".join(lines)

@@ -20,8 +20,8 @@ import awd_edu.model as M
 from awd_edu.ablations import (
     ABLATIONS, MINI, NO_NTASGD_LR_DROP, PAPER_TABLE, REGIME, T_95, Ablation, LrDropTrainer, ablation_config,
     convergence, get_ablation, list_ablations, load_study, mean_interval, measured_table, mini_config, overfitting,
-    paired, regime_checks, run_ablation, spread, study_config, summarise, t_critical, verdict, what_the_record_says,
-    worth)
+    paired, regime_checks, run_ablation, spread, study_config, summarise, t_critical, verdict, worth)
+from awd_edu.viz.ablations import what_the_record_says
 from awd_edu.config import TrainConfig
 from awd_edu.loop import lm_loss
 from awd_edu.train import Trainer, build_model
