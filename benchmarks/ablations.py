@@ -1,11 +1,15 @@
-"""What each piece of AWD-LSTM buys: train every named ablation (`awd_edu.ablations`) with several seeds in the mini
-regime, and record per-epoch curves, best validation perplexity and test perplexity, with mean and spread.
+"""What each piece of AWD-LSTM buys: train every named ablation (`awd_edu.ablations`) with several seeds in the CPU
+study's regime (`awd_edu.ablations.study_config`), and record per-epoch curves, validation and test perplexity, and
+per variant the paired differences to the full model of the same seed with their 95% intervals.
 
-Each run trains, fine-tunes when its variant keeps fine-tuning, then tests. The study is resumable: every finished
-(variant, seed) is written at once to `<work-dir>/partial.json` and skipped when the command is run again, and a run
-killed halfway continues from its last epoch (`Trainer.resume`). Runs go to `<work-dir>/<variant>/seed-<seed>/`.
+Each run trains, fine-tunes when its variant keeps fine-tuning, then tests. The study survives a restart: every
+finished (variant, seed) is written at once into the record itself (`--out`, by default the committed
+`benchmarks/results/ablations-cpu.json`), and the same command started again, on this machine or on a fresh clone,
+skips what the record holds. A run killed halfway continues from its last epoch when its run folder is still there
+(`Trainer.resume`); on a fresh clone it starts again. Runs go to `<work-dir>/<variant>/seed-<seed>/`.
 
-    python benchmarks/ablations.py --jobs 2                              # the study: every variant, seeds 1 2 3
+    python benchmarks/ablations.py --jobs 2                              # the study: every variant, seeds 1 to 4
+    python benchmarks/ablations.py --jobs 2 --seeds 1,2                  # a sitting: half of it (the rest later)
     python benchmarks/ablations.py --only full,no-weight-drop --seeds 1  # a part of it
     python benchmarks/ablations.py --tiny                                # seconds: CI's smoke run
 """
@@ -25,30 +29,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from awd_edu.ablations import (  # noqa: E402
-    ABLATIONS, PAPER_SOURCE, PAPER_TABLE, ablation_config, get_ablation, mini_config, run_ablation, summarise)
+    ABLATIONS, PAPER_SOURCE, PAPER_TABLE, ablation_config, get_ablation, regime_checks, run_ablation, study_config,
+    summarise)
 from awd_edu.checkpoint import atomic_write_text  # noqa: E402
 from awd_edu.config import TrainConfig  # noqa: E402
 
 NAME = "ablations"
+FORMAT = 2   # 1: the first (mini) study, min-max verdicts, partial.json; 2: paired intervals, the record is the state
 DEFAULT_WORK = common.ROOT / "runs" / "ablations"
 TINY_WORK = common.SCRATCH / "ablations-tiny"
-# --tiny: the mini regime scaled down to seconds, with every piece still present (so every variant changes something)
+# --tiny: the regime scaled down to seconds, with every piece still present (so every variant changes something)
 TINY = dict(emb_size=16, hidden_size=24, n_layers=2, batch_size=4, bptt=8, eval_batch_size=4, test_batch_size=4,
-            max_train_tokens=600, max_eval_tokens=200, epochs=3, finetune_epochs=2, nonmono=1)
+            max_train_tokens=600, max_eval_tokens=200, epochs=3, finetune_epochs=2, nonmono=1, patience=0)
+STUDY = list(ABLATIONS)   # the default study: every named variant
+DERIVED = {"no-finetune": "full"}   # the same training as `full`, stopped before fine-tuning: read from its run
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", help=f"comma-separated variants (default: all): {', '.join(ABLATIONS)}")
-    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--seeds", default="1,2,3,4", help="comma-separated seeds (default 1,2,3,4)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings of the base config")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--work-dir", help=f"run folders and partial.json (default {DEFAULT_WORK.relative_to(common.ROOT)}; "
+    p.add_argument("--work-dir", help=f"run folders (default {DEFAULT_WORK.relative_to(common.ROOT)}; "
                                       f"--tiny: {TINY_WORK.relative_to(common.ROOT)})")
     p.add_argument("--tiny", action="store_true", help="a scaled-down base config that runs in seconds (CI)")
-    p.add_argument("--out", help="JSON path (default benchmarks/results/ablations-<device>.json; --tiny: runs/)")
+    p.add_argument("--out", help="the record, read at the start and rewritten after every finished run (default "
+                                 "benchmarks/results/ablations-<device>.json; --tiny: runs/benchmarks/)")
     args = p.parse_args(argv)
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -66,12 +75,13 @@ def parse_args(argv=None):
 
 
 def base_config(tiny: bool, overrides, device: str) -> TrainConfig:
-    "The mini regime (or its --tiny version) with `--set` overrides, on `device`."
-    return mini_config(**(TINY if tiny else {}), device=device).with_overrides(overrides)
+    "The study's regime (or its --tiny version) with `--set` overrides, on `device`."
+    return study_config(**(TINY if tiny else {}), device=device).with_overrides(overrides)
 
 
-STUDY = list(ABLATIONS)   # the default study: every named variant
-DERIVED = {"no-finetune": "full"}   # the same training as `full`, stopped before fine-tuning: read from its run
+def variant_config(base: TrainConfig, name: str, seed: int) -> dict:
+    "What identifies a run in the record: its config (with its seed) and its learning-rate schedule."
+    return dict(config=ablation_config(base, name).replace(seed=seed).to_dict(), lr_drop=get_ablation(name).lr_drop)
 
 
 def derive_no_finetune(full_record: dict, config: TrainConfig) -> dict:
@@ -89,37 +99,95 @@ def _run_one(task: dict) -> dict:
     "Worker: one (variant, seed) run, in its own process when --jobs > 1."
     torch.set_num_threads(task["threads"])
     config = TrainConfig(**task["config"])
-    record = run_ablation(config, task["run_dir"])
+    record = run_ablation(config, task["run_dir"], lr_drop=task["lr_drop"])
     where = Path(task["run_dir"]).resolve()   # recorded relative to the repository: no machine's path in a record
     return dict(variant=task["variant"], seed=task["seed"],
                 run_dir=where.relative_to(common.ROOT).as_posix() if where.is_relative_to(common.ROOT)
                 else f"<work-dir>/{task['variant']}/{where.name}", threads=task["threads"], **record)
 
 
-def _read_partial(path: Path) -> dict:
+def read_record(path: Path) -> dict | None:
+    "The record at `path`, or None when there is none yet; a damaged one stops the study with the fix named."
     if not path.is_file():
-        return dict(format=1, runs={}, invocations=[])
+        return None
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise SystemExit(f"{path} is damaged; delete it to start the study afresh (finished run folders are resumed)")
+        raise SystemExit(f"{path} is damaged (not valid JSON): restore it from git (`git checkout -- {path}`) or "
+                         f"delete it to start the study afresh") from None
 
 
-def _write_partial(path: Path, partial: dict):
-    atomic_write_text(path, json.dumps(partial, indent=1) + "\n")
+def recorded_runs(record: dict | None, base: TrainConfig) -> tuple:
+    "`(kept, dropped)`: the record's runs that belong to this study's regime (same config and schedule), and the count of the others."
+    if not record:
+        return [], 0
+    kept = [r for r in record["results"]["runs"] if r["variant"] in ABLATIONS
+            and dict(config=r["config"], lr_drop=r.get("lr_drop")) == variant_config(base, r["variant"], r["seed"])]
+    return kept, len(record["results"]["runs"]) - len(kept)
 
 
 def print_summary(summary: dict):
-    "The measured table beside the paper's rows."
+    "The measured paired differences beside the paper's rows."
     rows = []
     for name, s in summary.items():
         pv, pt = get_ablation(name).paper
-        v, t = s["best_valid_ppl"], s["test_ppl"]
-        rows.append([name, f"{pv:.1f} / {pt:.1f}" if pv else "-", len(s["seeds"]),
-                     f"{v['mean']:.1f} ± {v['std']:.1f} [{v['min']:.1f}-{v['max']:.1f}]",
-                     f"{t['mean']:.1f} ± {t['std']:.1f}", f"{v.get('delta_vs_full', 0):+.1f}", s.get("verdict", "")])
-    common.print_table(rows, ["variant", "paper PTB valid / test", "seeds", "best valid ppl mean ± std [min-max]",
-                              "test ppl", "valid vs full", "verdict (valid)"])
+        row = [name, f"{pv:.1f} / {pt:.1f}" if pv else "-", len(s["seeds"]), f"{s['test_ppl']['mean']:.1f}"]
+        for split in ("valid", "test"):
+            p = s.get("paired", {}).get(split)
+            row.append("" if p is None else f"{p['mean']:+.1f}" + (f" [{p['lo']:+.1f}, {p['hi']:+.1f}]"
+                                                                   if p["lo"] is not None else ""))
+        row.append(s["paired"]["test"]["verdict"] if "paired" in s else "(reference)")
+        rows.append(row)
+    common.print_table(rows, ["variant", "paper PTB valid / test", "seeds", "test ppl", "valid - full [95%]",
+                              "test - full [95%]", "verdict (test)"])
+
+
+def build_record(runs: list, base: TrainConfig, invocations: list, args, device, load_before, argv) -> dict:
+    "The whole record from the runs done so far: config, runs, summary, the regime's checks, the study's timing."
+    order = {n: i for i, n in enumerate(ABLATIONS)}
+    runs = sorted(runs, key=lambda r: (order[r["variant"]], r["seed"]))
+    names = list(dict.fromkeys(r["variant"] for r in runs))
+    summary = summarise(runs) if runs else {}
+    seeds = sorted({r["seed"] for r in runs})
+    config = dict(base=base.to_dict(), variants={n: get_ablation(n).changes_for(base) for n in names},
+                  lr_drop={n: get_ablation(n).lr_drop for n in names if get_ablation(n).lr_drop},
+                  seeds=seeds, jobs=args.jobs, threads_per_run=args.threads)
+    study_wall = sum(i.get("wall_s", 0.0) for i in invocations)
+    results = dict(format=FORMAT,
+                   paper=dict(source=PAPER_SOURCE, columns=["row", "ptb_valid", "ptb_test", "wt2_valid", "wt2_test"],
+                              rows=[list(r) for r in PAPER_TABLE]),
+                   variants=summary, checks=regime_checks(runs), runs=runs,
+                   study=dict(wall_s=study_wall, cpu_s=sum(r["cpu_s"] for r in runs if "derived_from" not in r),
+                              invocations=invocations))
+    parts = [f"{len(names)} variants, {len(runs)} runs (seeds {', '.join(map(str, seeds))})"]
+    for n in ("no-weight-drop", "no-ntasgd", "no-embed-dropout", "no-regularisation"):
+        p = summary.get(n, {}).get("paired", {}).get("test")
+        if p and p["lo"] is not None:
+            parts.append(f"{n} test {p['mean']:+.1f} [{p['lo']:+.1f}, {p['hi']:+.1f}]")
+    summ = "; ".join(parts) + f"; study {study_wall / 3600:.1f} h wall"
+    notes = ["paired: for each variant and seed, its perplexity minus that of `full` with the same seed; mean over "
+             "seeds with a two-sided 95% Student-t interval (mean ± t(n-1) s / sqrt(n)); verdict from the interval: "
+             "worse (above 0), better (below 0), else no measurable effect at this size",
+             "valid_ppl and test_ppl: the tested model (best weights of the last stage) on the validation and test "
+             "splits; best_valid_ppl: the lowest validation perplexity over all epochs of both stages",
+             "wall_s and cpu_s of a run count the invocation that finished it; train_seconds sums its epochs' wall "
+             "times across resumes; results.study.invocations lists every sitting of the study and its wall time",
+             "no-finetune is not trained again: it is the training stage of the same seed's full run (the same run "
+             "until fine-tuning starts), tested before fine-tuning",
+             "checks: every full run's convergence (best training epoch before the last 20% of its epochs, or the last "
+             "20% gaining < 1%) and every everything-off run's overfitting (last training epoch >= 5% above its best)"]
+    rec = common.record(NAME, __file__, device, config, results, summ, args.tiny, notes, load_before, argv)
+    rec["load_average_before"] = invocations[0]["load_average_before"] if invocations else load_before
+    return rec
+
+
+def write(rec: dict, out: Path) -> Path:
+    "Write the record atomically (a kill mid-write leaves the previous record whole)."
+    missing = [k for k in common.REQUIRED_FIELDS if k not in rec]
+    if missing:
+        raise ValueError(f"the record lacks required fields {missing}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(out, json.dumps(rec, indent=1) + "\n")
 
 
 def main(argv=None) -> dict:
@@ -130,35 +198,52 @@ def main(argv=None) -> dict:
     base = base_config(args.tiny, args.set, str(device))
     work = Path(args.work_dir) if args.work_dir else TINY_WORK if args.tiny else DEFAULT_WORK
     work.mkdir(parents=True, exist_ok=True)
-    partial_path = work / "partial.json"
-    partial = _read_partial(partial_path)
-    tasks, done = [], []
-    for seed in args.seeds:            # seed by seed: after the first third every variant has one run
+    out = Path(args.out) if args.out else common.default_out(NAME, device, args.tiny)
+    old = read_record(out)
+    done, dropped = recorded_runs(old, base)
+    invocations = list(old["results"]["study"]["invocations"]) if done else []   # the sittings so far
+    if dropped:
+        print(f"{out}: {dropped} recorded run(s) of another regime or config are left out of the new record "
+              f"(git keeps the old one)", flush=True)
+    have = {(r["variant"], r["seed"]) for r in done}
+    tasks = []
+    for seed in args.seeds:            # seed by seed: after the first quarter every variant has one run
         for name in args.only:
-            cfg = ablation_config(base, name).replace(seed=seed)
-            key = f"{name}/seed-{seed}"
-            old = partial["runs"].get(key)
-            if old is not None and old["config"] == cfg.to_dict():
-                done.append(old)
-                continue
-            if name in DERIVED and DERIVED[name] in args.only:   # read from the other variant's run, after it
-                continue
-            tasks.append(dict(variant=name, seed=seed, config=cfg.to_dict(), threads=args.threads,
-                              run_dir=str(work / name / f"seed-{seed}")))
+            if (name, seed) in have or (name in DERIVED and DERIVED[name] in args.only):
+                continue              # recorded, or read from the other variant's run once it is done
+            tasks.append(dict(variant=name, seed=seed, threads=args.threads, run_dir=str(work / name / f"seed-{seed}"),
+                              **variant_config(base, name, seed)))
+    n_derived = sum(1 for s in args.seeds for n in DERIVED if n in args.only and (n, s) not in have)
     print(f"ablations on {common.device_info(device)['device_name']}, torch {torch.__version__}; "
-          f"{len(args.only)} variants x {len(args.seeds)} seeds: {len(done)} already done, {len(tasks)} to run "
-          f"({args.jobs} at a time, {args.threads} thread(s) each); work dir {work}", flush=True)
+          f"{len(args.only)} variants x {len(args.seeds)} seeds: {len(have)} already recorded, {len(tasks)} to run "
+          f"({args.jobs} at a time, {args.threads} thread(s) each) and {n_derived} to derive; record {out}; "
+          f"work dir {work}", flush=True)
+    invocation = dict(command=common.command_line(__file__, argv), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      load_average_before=load_before, runs=len(tasks), jobs=args.jobs, finished=0, wall_s=0.0)
+    invocations.append(invocation)
+
+    def save():
+        invocation.update(wall_s=time.perf_counter() - w0, load_average_after=common.load_average())
+        return write(build_record(done, base, invocations, args, device, load_before, argv), out)
 
     def finished(rec):
-        partial["runs"][f"{rec['variant']}/seed-{rec['seed']}"] = rec
-        _write_partial(partial_path, partial)
         done.append(rec)
-        print(f"  {rec['variant']:>20s} seed {rec['seed']}: best valid ppl {rec['best_valid_ppl']:8.1f}  test ppl "
+        invocation["finished"] += 1
+        seed = rec["seed"]
+        for name, source in DERIVED.items():     # a derived variant as soon as its source is recorded
+            if rec["variant"] == source and name in args.only and seed in args.seeds and \
+                    (name, seed) not in {(r["variant"], r["seed"]) for r in done}:
+                done.append(derive_no_finetune(rec, ablation_config(base, name).replace(seed=seed)))
+        save()
+        print(f"  {rec['variant']:>20s} seed {seed}: valid ppl {rec['valid_ppl']:8.1f}  test ppl "
               f"{rec['test_ppl']:8.1f}  ({len(rec['epochs'])} epochs, {rec['cpu_s']:.0f} s CPU, "
               f"{rec['wall_s']:.0f} s wall)", flush=True)
 
-    invocation = dict(command=common.command_line(__file__, argv), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                      load_average_before=load_before, runs=len(tasks), jobs=args.jobs)
+    for seed in args.seeds:            # derived variants whose source was recorded by an earlier sitting
+        src = {(r["variant"], r["seed"]): r for r in done}
+        for name, source in DERIVED.items():
+            if name in args.only and (name, seed) not in src and (source, seed) in src:
+                done.append(derive_no_finetune(src[(source, seed)], ablation_config(base, name).replace(seed=seed)))
     if args.jobs == 1:
         for task in tasks:
             finished(_run_one(task))
@@ -167,46 +252,11 @@ def main(argv=None) -> dict:
         with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             for fut in cf.as_completed([pool.submit(_run_one, t) for t in tasks]):
                 finished(fut.result())
-    for seed in args.seeds:             # the derived variants, from the runs they are read from
-        for name, source in DERIVED.items():
-            rec = next((r for r in done if r["variant"] == source and r["seed"] == seed), None)
-            if name in args.only and source in args.only and rec and f"{name}/seed-{seed}" not in partial["runs"]:
-                finished(derive_no_finetune(rec, ablation_config(base, name).replace(seed=seed)))
-    invocation.update(wall_s=time.perf_counter() - w0, load_average_after=common.load_average())
-    partial["invocations"].append(invocation)
-    _write_partial(partial_path, partial)
-
-    order = {(n, s): i for i, (n, s) in enumerate((n, s) for n in args.only for s in args.seeds)}
-    runs = sorted(done, key=lambda r: order[(r["variant"], r["seed"])])
-    summary = summarise(runs)
+    path = save()
+    rec = read_record(path)
     print()
-    print_summary(summary)
-    study_wall = sum(i["wall_s"] for i in partial["invocations"])
-    config = dict(base=base.to_dict(), variants={n: get_ablation(n).changes_for(base) for n in args.only},
-                  seeds=args.seeds, jobs=args.jobs, threads_per_run=args.threads)
-    results = dict(paper=dict(source=PAPER_SOURCE, columns=["row", "ptb_valid", "ptb_test", "wt2_valid", "wt2_test"],
-                              rows=[list(r) for r in PAPER_TABLE]),
-                   variants=summary, runs=runs,
-                   study=dict(wall_s=study_wall, cpu_s=sum(r["cpu_s"] for r in runs),
-                              invocations=partial["invocations"]))
-    full = summary.get("full")
-    if full and {"everything-off", "no-regularisation"} <= set(summary):
-        fv, off, nr = (summary[n]["best_valid_ppl"] for n in ("full", "everything-off", "no-regularisation"))
-        summ = (f"{len(args.only)} variants x {len(args.seeds)} seeds; best valid ppl (mean ± std): full "
-                f"{fv['mean']:.1f} ± {fv['std']:.1f}, everything off {off['mean']:.1f} ± {off['std']:.1f}, "
-                f"no regularisation {nr['mean']:.1f} ± {nr['std']:.1f}; study {study_wall / 60:.0f} min wall")
-    else:
-        summ = f"{len(args.only)} variants x {len(args.seeds)} seeds; study {study_wall / 60:.1f} min wall"
-    notes = ["error bars and spreads: min-max over seeds; std is the sample standard deviation",
-             "wall_s and cpu_s of a run count the invocation that finished it; train_seconds sums its epochs' wall "
-             "times across resumes", "best_valid_ppl: the lowest validation perplexity over all epochs of both stages",
-             "no-finetune is not trained again: it is the training stage of the same seed's full run (the same run "
-             "until fine-tuning starts), tested before fine-tuning"]
-    rec = common.record(NAME, __file__, device, config, results, summ, args.tiny, notes, load_before, argv)
-    rec["load_average_before"] = (partial["invocations"][0]["load_average_before"]
-                                  if partial["invocations"] else load_before)
-    out = common.write_record(rec, args.out or common.default_out(NAME, device, args.tiny))
-    print(f"\n{summ}\nwrote {out}")
+    print_summary(rec["results"]["variants"])
+    print(f"\n{rec['summary']}\nwrote {path}")
     return rec
 
 
