@@ -109,14 +109,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 class Steps:
     "Finished steps kept in a JSON file, so that an interrupted run resumes; reset when the inputs differ."
     def __init__(self, path: Path, key: dict, fresh: bool):
-        self.path, self.key = path, key
+        self.path, self.key = path, json.loads(json.dumps(key))  # as it reads back from the file (lists, not tuples)
         old = {}
         if path.is_file() and not fresh:
             try:
                 old = json.loads(path.read_text())
             except json.JSONDecodeError:
                 old = {}
-        self.done = old.get("done", {}) if old.get("key") == key else {}
+        self.done = old.get("done", {}) if old.get("key") == self.key else {}
         if self.done:
             print(f"resuming: {len(self.done)} steps already done ({portable(path)})")
 
