@@ -18,12 +18,15 @@ from .data import get_batch
 from .model import detach_hidden
 
 # %% auto #0
-__all__ = ['DYNAMIC_DEFAULTS', 'DYNAMIC_GRID', 'check_dynamic_args', 'search_grid', 'perplexity_of', 'gradient_rms', 'rms_norm',
-           'dynamic_update', 'dynamic_outputs', 'evaluate_dynamic', 'search_dynamic']
+__all__ = ['DYNAMIC_DEFAULTS', 'DYNAMIC_GRID', 'DYNAMIC_SEARCH', 'check_dynamic_args', 'search_grid', 'perplexity_of',
+           'gradient_rms', 'rms_norm', 'dynamic_update', 'dynamic_outputs', 'evaluate_dynamic', 'search_dynamic']
 
 # %% ../nbs/09a_dynamic_eval.ipynb #b7c9f8c1
 DYNAMIC_DEFAULTS = dict(bptt=5, eta=5e-5, lam=0.002, eps=2e-5, batch_size=100)  # dynamiceval.py's defaults (AWD-LSTM, PTB)
 DYNAMIC_GRID = dict(etas=(3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4), lams=(0.001, 0.002, 0.003, 0.005))  # its --grid, n = 5
+# A small grid for a CPU (15 settings, not 24): dynamiceval.py's default in the middle and larger steps too, since a
+# smaller model's best step need not be the 24M-parameter model's; searched on the start of the validation text
+DYNAMIC_SEARCH = dict(etas=(3e-5, 5e-5, 1e-4, 2e-4, 4e-4), lams=(0.001, 0.002, 0.005), tokens=10_000)
 
 
 def _check_number(value, name: str, fn: str, low: float, high: float = math.inf, low_open: bool = False,

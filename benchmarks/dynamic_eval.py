@@ -5,9 +5,10 @@ For a run directory (anything `awd-edu train` made; its best weights through `aw
 1. the neural cache (chapter 09): window 500, theta and lambda chosen on the validation text over a small grid
    (the model runs once; each setting is a few matrix products), then static and cache on validation and test;
 2. dynamic evaluation (chapter 09a): sqrt(MS_g) gathered on the training text (batch 100, segments of --bptt),
-   eta and lambda chosen on the first --search-tokens of the validation text over a grid (default: dynamiceval.py's
-   defaults and the range around them, see GRID below), then dynamic evaluation and dynamic evaluation + cache
-   (the cache at the setting chosen in 1., on the adapted model's outputs) on validation and test in one pass each;
+   eta and lambda chosen on the first --search-tokens of the validation text over a grid (default:
+   awd_edu.dynamic.DYNAMIC_SEARCH, dynamiceval.py's default and the range around it), then dynamic evaluation and
+   dynamic evaluation + cache (the cache at the setting chosen in 1., on the adapted model's outputs) on validation
+   and test in one pass each;
 3. the cost of each method on this machine, in seconds per 1,000 tokens of the test text (dynamic evaluation alone
    timed on the first --time-tokens of it; dynamic + cache from its full pass).
 
@@ -15,7 +16,7 @@ The test text is used once per method, at the settings chosen on validation. The
 benchmarks/results/dynamic-eval-<device>.json with the papers' rows beside it. Every finished step is kept in a
 partial file under runs/benchmarks/, so an interrupted run picks up where it stopped (`--fresh` starts over).
 
-    python benchmarks/dynamic_eval.py --run runs/ptb-cpu                       # about 30 minutes, ptb-cpu, 2 cores
+    python benchmarks/dynamic_eval.py --run runs/ptb-cpu --threads 2     # ptb-cpu: about 30 minutes on an idle core
     python benchmarks/dynamic_eval.py --run runs/ptb-cpu --max-tokens 2000 --grad-batches 20 --out /tmp/d.json
 """
 from __future__ import annotations
@@ -35,14 +36,12 @@ import common  # noqa: E402
 
 from awd_edu.cache import cache_log_p, collect_outputs, evaluate_with_cache, mix_nll, stream_outputs  # noqa: E402
 from awd_edu.data import batchify  # noqa: E402
-from awd_edu.dynamic import (DYNAMIC_DEFAULTS, evaluate_dynamic, gradient_rms, perplexity_of,  # noqa: E402
-                             search_dynamic)
+from awd_edu.dynamic import (DYNAMIC_DEFAULTS, DYNAMIC_SEARCH, evaluate_dynamic, gradient_rms,  # noqa: E402
+                             perplexity_of, search_dynamic)
 from awd_edu.model import count_parameters  # noqa: E402
 
 NAME = "dynamic-eval"
-# dynamiceval.py's default (eta 5e-5, lambda 0.002) in the middle; larger steps too, since a smaller model's best
-# step need not be the 24M-parameter model's (the chapter's small model chose the top of the authors' range)
-GRID = dict(etas=(3e-5, 5e-5, 1e-4, 2e-4, 4e-4), lams=(0.001, 0.002, 0.005))
+GRID = DYNAMIC_SEARCH  # dynamiceval.py's default (eta 5e-5, lambda 0.002) in the middle, larger steps too
 CACHE_GRID = dict(window=500, thetas=(0.5, 1.0, 2.0), lambdas=(0.05, 0.1, 0.15, 0.2, 0.3))
 PAPERS = dict(
     source="Merity et al. 2017 (AWD-LSTM, 24M parameters, PTB, Table 1) and Krause et al. 2018 (dynamic evaluation, "
@@ -74,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run", required=True, type=Path, help="a run directory (config.json and best.safetensors)")
     p.add_argument("--max-tokens", type=int, default=0, help="use only the first N tokens of validation and test "
                    "(0: all) and mark the record tiny (it then goes to runs/benchmarks/ unless --out)")
-    p.add_argument("--search-tokens", type=int, default=10_000,
+    p.add_argument("--search-tokens", type=int, default=DYNAMIC_SEARCH["tokens"],
                    help="validation tokens for the eta/lambda search (default 10,000; capped by --max-tokens)")
     p.add_argument("--grad-batches", type=int, default=0,
                    help="training batches for sqrt(MS_g) (default 0: the whole training text, as the authors)")

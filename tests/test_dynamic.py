@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import awd_edu.dynamic as dyn
 from awd_edu.cache import NeuralCache, cache_nll, stream_outputs
 from awd_edu.data import batchify
-from awd_edu.dynamic import (DYNAMIC_DEFAULTS, DYNAMIC_GRID, check_dynamic_args, dynamic_outputs, dynamic_update,
+from awd_edu.dynamic import (DYNAMIC_DEFAULTS, DYNAMIC_GRID, DYNAMIC_SEARCH, check_dynamic_args, dynamic_outputs, dynamic_update,
                              evaluate_dynamic, gradient_rms, perplexity_of, rms_norm, search_dynamic, search_grid)
 from awd_edu.model import AWDLSTM
 
@@ -59,6 +59,15 @@ def static_nll(model, source, bptt=5):
 def test_defaults_and_grid_are_dynamiceval_py_s():
     assert DYNAMIC_DEFAULTS == dict(bptt=5, eta=5e-5, lam=0.002, eps=2e-5, batch_size=100)
     assert DYNAMIC_GRID == dict(etas=(3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4), lams=(0.001, 0.002, 0.003, 0.005))
+
+
+def test_the_small_search_grid_holds_the_authors_default_and_only_valid_values():
+    assert DYNAMIC_DEFAULTS["eta"] in DYNAMIC_SEARCH["etas"] and DYNAMIC_DEFAULTS["lam"] in DYNAMIC_SEARCH["lams"]
+    assert max(DYNAMIC_SEARCH["etas"]) > max(DYNAMIC_GRID["etas"])             # larger steps than the authors' too
+    for eta in DYNAMIC_SEARCH["etas"]:
+        for lam in DYNAMIC_SEARCH["lams"]:
+            check_dynamic_args(eta, lam)
+    assert DYNAMIC_SEARCH["tokens"] >= 1000
 
 
 def test_search_grid_scales_both_lists_by_bptt_over_5():
