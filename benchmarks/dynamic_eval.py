@@ -131,9 +131,10 @@ class Steps:
 
 
 def timed(fn) -> tuple:
-    t0 = time.perf_counter()
+    "`(result, wall seconds, CPU seconds of this process)` of `fn()`."
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def cache_search(model, valid) -> dict:
@@ -159,7 +160,7 @@ def run(args) -> dict:
     cut = (lambda t: t[:args.max_tokens]) if args.max_tokens else (lambda t: t)
     valid, test = batchify(cut(corpus.valid), 1), batchify(cut(corpus.test), 1)
     search_src = valid[:min(args.search_tokens, len(valid))]
-    key = dict(weights=file_sha256(args.run / "best.safetensors"), max_tokens=args.max_tokens,
+    key = dict(format=2, weights=file_sha256(args.run / "best.safetensors"), max_tokens=args.max_tokens,
                search_tokens=len(search_src), grad_batches=args.grad_batches, etas=args.etas, lams=args.lams,
                eps=args.eps, bptt=args.bptt, cache_grid=CACHE_GRID, time_tokens=args.time_tokens)
     steps = Steps(common.SCRATCH / f"{NAME}-{args.run.resolve().name}.partial.json", key, args.fresh)
@@ -173,10 +174,10 @@ def run(args) -> dict:
     print(f"cache chosen on validation: theta {cache['theta']:g}, lambda {cache['lambdasm']:g}", flush=True)
 
     def static_and_cache(source):
-        _, t_static = timed(lambda: sum(1 for _ in stream_outputs(model, source, 70)))
-        r, t_cache = timed(lambda: evaluate_with_cache(model, source, **cache, bptt=70))
+        _, t_static, c_static = timed(lambda: sum(1 for _ in stream_outputs(model, source, 70)))
+        r, t_cache, c_cache = timed(lambda: evaluate_with_cache(model, source, **cache, bptt=70))
         return dict(static_loss=r["base_loss"], cache_loss=r["loss"], seconds_static=t_static, seconds_cache=t_cache,
-                    tokens=len(source) - 1)
+                    cpu_seconds_static=c_static, cpu_seconds_cache=c_cache, tokens=len(source) - 1)
     sc_valid = steps.get("static_cache_valid", lambda: static_and_cache(valid))
     sc_test = steps.get("static_cache_test", lambda: static_and_cache(test))
     print(f"static {perplexity_of(sc_valid['static_loss']):.2f} / {perplexity_of(sc_test['static_loss']):.2f}, "
@@ -191,9 +192,9 @@ def run(args) -> dict:
         n = args.grad_batches or None
         print(f"gathering sqrt(MS_g) over {n or (len(train) - 1 + args.bptt - 1) // args.bptt:,} training batches",
               flush=True)
-        ms, seconds = timed(lambda: gradient_rms(model, train, args.bptt, n))
+        ms, seconds, cpu = timed(lambda: gradient_rms(model, train, args.bptt, n))
         torch.save(ms, ms_path)
-        return dict(seconds=seconds, sha256=file_sha256(ms_path))
+        return dict(seconds=seconds, cpu_seconds=cpu, sha256=file_sha256(ms_path))
     st = steps.get("ms_sqrt", statistics)
     if not ms_path.is_file() or file_sha256(ms_path) != st["sha256"]:
         steps.done.pop("ms_sqrt")
@@ -216,7 +217,7 @@ def run(args) -> dict:
 
     def dynamic(source):
         r = evaluate_dynamic(model, source, ms_sqrt, eta, lam, args.eps, args.bptt, cache=cache, progress=True)
-        return {k: r[k] for k in ("loss", "cache_loss", "seconds", "tokens")}
+        return {k: r[k] for k in ("loss", "cache_loss", "seconds", "cpu_seconds", "tokens")}
     dyn_valid = steps.get("dynamic_valid", lambda: dynamic(valid))
     dyn_test = steps.get("dynamic_test", lambda: dynamic(test))
     alone = steps.get("dynamic_timing", lambda: evaluate_dynamic(
@@ -242,6 +243,12 @@ def run(args) -> dict:
             dynamic=per_1k(alone["seconds"], alone["tokens"]),
             dynamic_cache=per_1k(dyn_test["seconds"], dyn_test["tokens"]),
             gradient_statistics_seconds=st["seconds"]),
+        cpu_seconds_per_1k_tokens=dict(  # this process's CPU time: steadier than the wall clock on a busy machine
+            static=per_1k(sc_test["cpu_seconds_static"], sc_test["tokens"]),
+            cache=per_1k(sc_test["cpu_seconds_cache"], sc_test["tokens"]),
+            dynamic=per_1k(alone["cpu_seconds"], alone["tokens"]),
+            dynamic_cache=per_1k(dyn_test["cpu_seconds"], dyn_test["tokens"]),
+            gradient_statistics_seconds=st["cpu_seconds"]),
         search=dict(grid=grid, tokens=len(search_src) - 1), cache_search=cs["grid"], papers=PAPERS)
     results["dynamic_below_cache"] = results["test_ppl_dynamic"] < results["test_ppl_cache"]
     return results
@@ -261,14 +268,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     load_before = common.load_average()
     res = run(args)
-    s = res["seconds_per_1k_tokens"]
+    s, c = res["seconds_per_1k_tokens"], res["cpu_seconds_per_1k_tokens"]
     rows = [[m, f"{res[f'valid_ppl_{k}']:.2f}", f"{res[f'test_ppl_{k}']:.2f}",
-             "" if p is None else f"{p:.1f}", f"{s[k]:.2f}"]
+             "" if p is None else f"{p:.1f}", f"{s[k]:.2f}", f"{c[k]:.2f}"]
             for m, k, p in (("static", "static", PAPERS["test"]["static"]), ("cache", "cache", PAPERS["test"]["cache"]),
                             ("dynamic", "dynamic", PAPERS["test"]["dynamic"]),
                             ("dynamic + cache", "dynamic_cache", None))]
     print()
-    common.print_table(rows, ["method", "valid ppl", "test ppl", "paper test (24M)", "s / 1k tokens"])
+    common.print_table(rows, ["method", "valid ppl", "test ppl", "paper test (24M)", "s / 1k tokens",
+                              "CPU s / 1k tokens"])
     text = summary(res)
     print(f"\n{text}")
     raw = list(sys.argv[1:] if argv is None else argv)
@@ -282,7 +290,7 @@ def main(argv=None) -> int:
              "evaluated once per method",
              "static and cache at batch 1 in windows of 70 tokens; dynamic evaluation at batch 1 in segments of bptt "
              "tokens; dynamic + cache is chapter 09's cache on the adapted model's outputs, in the same pass",
-             "seconds per 1,000 test tokens on this CPU; dynamic alone is timed on the first time_tokens of the test "
+             "seconds (wall clock, and this process's CPU time) per 1,000 test tokens on this CPU; dynamic alone is timed on the first time_tokens of the test "
              "text, dynamic + cache over all of it; gathering sqrt(MS_g) is a one-off cost, given separately",
              "the papers' dynamic-evaluation row is Krause et al.'s AWD-LSTM (51.6 / 51.1); neither paper reports "
              "dynamic evaluation + cache for AWD-LSTM"]
