@@ -184,7 +184,7 @@ def evaluate_dynamic(model,  # a trained `AWDLSTM` (or any model with its interf
                      cache: dict | None = None,  # dict(window=, theta=, lambdasm=): also the cache on the adapted model
                      progress: bool = False,  # show a progress bar (tqdm) over the tokens
                     ) -> dict:
-    "`dict(loss, ppl, tokens, seconds, eta, lam, eps, bptt)` of dynamic evaluation; with `cache`, also `cache_loss, cache_ppl`."
+    "`dict(loss, ppl, tokens, seconds, cpu_seconds, eta, lam, eps, bptt)`; with `cache`, also `cache_loss, cache_ppl`."
     eta, lam, eps, bptt = check_dynamic_args(eta, lam, eps, bptt, "evaluate_dynamic")
     _check_source(source, "evaluate_dynamic")
     if cache is not None:
@@ -193,7 +193,8 @@ def evaluate_dynamic(model,  # a trained `AWDLSTM` (or any model with its interf
                              f"(e.g. CACHE_PRESETS['ptb']), got {cache!r}")
         memory = NeuralCache(**cache)  # checks the three
     n, total, cache_total = len(source) - 1, 0.0, 0.0
-    bar, t0 = _progress(n, progress, f"dynamic eval (eta {eta:g}, lambda {lam:g})"), time.perf_counter()
+    bar = _progress(n, progress, f"dynamic eval (eta {eta:g}, lambda {lam:g})")
+    t0, c0 = time.perf_counter(), time.process_time()  # wall clock, and this process's CPU time
     try:
         for logits, hiddens, targets in dynamic_outputs(model, source, ms_sqrt, eta, lam, eps, bptt):
             total += F.cross_entropy(logits.double(), targets, reduction="sum").item()
@@ -205,7 +206,7 @@ def evaluate_dynamic(model,  # a trained `AWDLSTM` (or any model with its interf
         if bar is not None:
             bar.close()
     out = dict(loss=total / n, ppl=perplexity_of(total / n), tokens=n, seconds=time.perf_counter() - t0,
-               eta=eta, lam=lam, eps=eps, bptt=bptt)
+               cpu_seconds=time.process_time() - c0, eta=eta, lam=lam, eps=eps, bptt=bptt)
     if cache is not None:
         out.update(cache_loss=cache_total / n, cache_ppl=perplexity_of(cache_total / n), cache=dict(cache))
     return out
