@@ -6,7 +6,7 @@ from pathlib import Path
 import awd_edu
 
 CORE = ("lstm", "weight_drop", "dropout", "data", "bptt", "regularization", "model", "ntasgd", "loop", "config",
-        "checkpoint", "callbacks", "train", "generate", "cache")
+        "checkpoint", "callbacks", "train", "generate", "cache", "dynamic", "hub", "rundir")
 PKG = Path(awd_edu.__file__).parent
 
 BLOCK = """
