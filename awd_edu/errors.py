@@ -43,6 +43,8 @@ def raised_by_us(error: BaseException) -> bool:
     where = Path(name).resolve()
     if where.is_relative_to(PACKAGE):
         return True   # else: a notebook cell defining the package's code is ours; the libraries and Python are not
+    if name.startswith("<ipython-input-"):
+        return True   # a cell run by nbdev_test (execnb names cells so; a Jupyter kernel gives them a file)
     return not name.startswith("<") and not any(where.is_relative_to(lib) for lib in _LIBRARIES)
 
 

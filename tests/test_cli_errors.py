@@ -372,3 +372,14 @@ def test_an_old_run_directory_still_resumes_and_finetunes(run, capsys):
     assert T.TrainConfig.load(run / "config.json").epochs == 3
     assert main(["finetune", str(run), "--epochs", "1", "--quiet", "--no-report"]) == 0
     assert [m["stage"] for m in ckpt.read_metrics(run)][-1] == "finetune"
+
+
+def test_an_error_raised_in_a_cell_run_by_nbdev_test_counts_as_the_packages():
+    from awd_edu.errors import raised_by_us
+    def raised_in(filename):
+        try:
+            exec(compile("raise ValueError('x')", filename, "exec"))
+        except ValueError as e:
+            return e
+    assert raised_by_us(raised_in("<ipython-input-3-d34a0d851a90>"))    # execnb names the cells it runs so
+    assert not raised_by_us(raised_in("<string>"))                       # code made up at run time is not ours
