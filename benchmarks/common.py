@@ -232,13 +232,14 @@ def shareable(value):
 
 
 def write_record(rec: dict, out: str | Path) -> Path:
-    "Write `rec` as indented JSON to `out` (folders made as needed), with no absolute path of this machine in it."
+    "Write `rec` as indented JSON to `out` (folders made as needed); one for `results/` holds no path of this machine."
     missing = [k for k in REQUIRED_FIELDS if k not in rec]
     if missing:
         raise ValueError(f"write_record: the record lacks required fields {missing}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(shareable(rec), indent=2, sort_keys=False) + "\n")
+    committed = out.resolve().is_relative_to(RESULTS.resolve())   # the records the repository keeps and shows
+    out.write_text(json.dumps(shareable(rec) if committed else rec, indent=2, sort_keys=False) + "\n")
     return out
 
 

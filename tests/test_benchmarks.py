@@ -173,7 +173,9 @@ def test_a_record_never_holds_an_absolute_path_of_this_machine(tmp_path, monkeyp
     rec = {k: "x" for k in common.REQUIRED_FIELDS}
     rec.update(command=f"python {common.ROOT / 'benchmarks' / 'fidelity.py'} --reference {tempfile.gettempdir()}/ref",
                config=dict(data_dir=str(tmp_path / "data" / "ptb"), log=[str(Path.home() / "x.log")]))
-    out = common.write_record(rec, tmp_path / "rec.json")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")            # a committed record's folder
+    assert json.loads(common.write_record(rec, tmp_path / "scratch.json").read_text()) == rec   # scratch: as it is
+    out = common.write_record(rec, tmp_path / "results" / "rec.json")
     written = json.loads(out.read_text())
     assert written["command"] == "python benchmarks/fidelity.py --reference <temporary folder>/ref"
     assert written["config"] == dict(data_dir="$AWD_EDU_DATA/ptb", log=["~/x.log"])

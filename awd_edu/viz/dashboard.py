@@ -163,11 +163,11 @@ def run_figure(metrics,  # one run's metrics, one dict per epoch (`read_metrics(
                                      marker=dict(size=4), legendgroup=name,
                                      hovertemplate="%{text}<br>%{y:.1f}<extra>%{fullData.name}</extra>"))
     phases = _phases(metrics)
-    for key, fill, label in (("averaged", _AVERAGED, "averaged SGD"), ("finetune", _FINETUNE, "fine-tuning")):
-        if phases[key]:
+    for key, fill, label, y in (("averaged", _AVERAGED, "averaged SGD", 0.02), ("finetune", _FINETUNE, "fine-tuning", 0.14)):
+        if phases[key]:   # the two labels at two heights: narrow bands never put one text on the other
             x0, x1 = phases[key]
             fig.add_vrect(x0=x0, x1=x1, fillcolor=fill, line_width=0, layer="below")
-            fig.add_annotation(x=(x0 + x1) / 2, xref="x", y=0.02, yref="y domain", text=label, showarrow=False,
+            fig.add_annotation(x=x1, xref="x", y=y, yref="y domain", text=label, showarrow=False, xanchor="right",
                                yanchor="bottom", font=dict(size=11, color="#555"))
     if phases["switch"]:
         fig.add_vline(x=phases["switch"], line=dict(color="crimson", dash="dash"))
@@ -176,8 +176,9 @@ def run_figure(metrics,  # one run's metrics, one dict per epoch (`read_metrics(
     shown = {"both runs": [True] * len(fig.data)}
     if baseline:   # a selector: both runs, or one of them
         shown.update({names[0]: [True, True, False, False], names[1]: [False, False, True, True]})
-        fig.update_layout(updatemenus=[dict(type="buttons", direction="right", x=1, xanchor="right", y=1.0,
-                                            yanchor="bottom", showactive=True, pad=dict(t=0, b=4),
+        fig.update_layout(updatemenus=[dict(type="buttons", direction="right", x=0, xanchor="left", y=1.0,
+                                            yanchor="bottom", showactive=True, pad=dict(t=0, b=6),
+                                            font=dict(size=11),
                                             buttons=[dict(label=k, method="restyle", args=[{"visible": v}])
                                                      for k, v in shown.items()])])
     fig.update_yaxes(type="log", title_text="perplexity")
@@ -185,5 +186,8 @@ def run_figure(metrics,  # one run's metrics, one dict per epoch (`read_metrics(
     if metrics:
         best = min(metrics, key=lambda m: m["valid_ppl"])
         title += f"<br>best valid ppl {best['valid_ppl']:.1f} ({best['stage']} epoch {best['epoch']})"
-    return apply_style(fig, height=520, title=title)
+    apply_style(fig, height=520, title=title)
+    if baseline:   # the selector sits between the title and the plot
+        fig.update_layout(margin_t=fig.layout.margin.t + 36)
+    return fig
 
