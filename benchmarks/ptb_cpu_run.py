@@ -7,17 +7,16 @@ and applies them to test, draws three samples, writes the weights with the proje
 half-precision file reproduces the test perplexity. The heavy part (scoring, the cache search) is kept in the JSON
 and reused when the same run is recorded again with a baseline added.
 
-    python benchmarks/ptb_cpu_run.py --run runs/ptb-cpu --run-log runs/ptb-cpu.log \\
-        --baseline runs/ptb-cpu-baseline --baseline-log runs/baseline.log
+    python benchmarks/ptb_cpu_run.py --run runs/ptb-cpu \\
+        --baseline runs/ptb-cpu-baseline
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
 import json
 import math
-import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -51,27 +50,21 @@ ANCHORS = [  # word-level PTB, from the papers
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the converged run's directory (trained, then fine-tuned)")
-    p.add_argument("--run-log", help="the log of its driver script (its 'start'/'done' lines give the wall time)")
     p.add_argument("--run-commit", help="the commit the run was trained at (default: this checkout's)")
     p.add_argument("--baseline", help="the baseline's run directory (the everything-off ablation at the same sizes)")
-    p.add_argument("--baseline-log", help="the baseline driver's log")
     p.add_argument("--baseline-commit", help="the commit the baseline was trained at")
     p.add_argument("--out", default=str(common.RESULTS / PRETRAINED[NAME]), help="the record (JSON)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     return p.parse_args(argv)
 
 
-def wall_hours(log) -> float | None:
-    "Hours from the log's first `start <time>` line to its last `done <time>` line (None without a log)."
-    if not log:
-        return None
-    text = Path(log).read_text()
-    start = re.findall(r"^start (\S+)", text, re.M)
-    done = re.findall(r"^done (\S+)", text, re.M)
-    if not start or not done:
-        raise SystemExit(f"ptb_cpu_run.py: {log} has no 'start TIME' and 'done TIME' lines; is the run finished?")
-    t0, t1 = (dt.datetime.fromisoformat(s.replace("Z", "+00:00")) for s in (start[0], done[-1]))
-    return round((t1 - t0).total_seconds() / 3600, 3)
+def wall_hours(metrics: list) -> float:
+    "Hours the run's epochs took: the sum of every epoch's `seconds` (training and validation, both stages)."
+    return round(sum(m["seconds"] for m in metrics) / 3600, 3)
+
+
+WALL_HOURS = ("the sum of every epoch's seconds as the trainer measured them (training plus validation, training and "
+              "fine-tuning stages); pauses between sittings, start-up and this script's scoring are not counted")
 
 
 def epochs_of(metrics: list) -> list:
@@ -122,7 +115,7 @@ def score_run(run: Path, out: Path) -> dict:
                 results=dict(cache=cache, test_ppl_half_precision=perplexity(evaluate(half, test_b, config.bptt))))
 
 
-def baseline_part(run: Path, log, commit) -> dict:
+def baseline_part(run: Path, commit) -> dict:
     "The baseline's curve and where it stopped."
     metrics = read_metrics(run)
     config = TrainConfig.load(run / "config.json")
@@ -131,7 +124,7 @@ def baseline_part(run: Path, log, commit) -> dict:
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
     return dict(command=f"awd-edu train --preset ptb-cpu --ablate everything-off --set patience={config.patience} "
                         f"--epochs {config.epochs} --device cpu --run-dir runs/ptb-cpu-baseline",
-                git_commit=commit, config=shareable(config), wall_hours=wall_hours(log), epochs=epochs_of(metrics),
+                git_commit=commit, config=shareable(config), wall_hours=wall_hours(metrics), epochs=epochs_of(metrics),
                 best_valid_ppl=best, best_at=valid.index(best) + 1, last_valid_ppl=valid[-1],
                 rise_above_best_pct=100 * (valid[-1] / best - 1), test_ppl=results.get("train", {}).get("test_ppl"))
 
@@ -150,7 +143,7 @@ def main(argv=None) -> int:
     else:
         scored = score_run(run, out)
     switched = [m["epoch"] for m in metrics if m["stage"] == "train" and m["switched"]]
-    baseline = (baseline_part(Path(args.baseline), args.baseline_log, args.baseline_commit) if args.baseline
+    baseline = (baseline_part(Path(args.baseline), args.baseline_commit) if args.baseline
                 else old.get("baseline"))
     rec = common.record(NAME, __file__, torch.device("cpu"), scored["config"],
                         dict(scored["results"], anchors=ANCHORS),
@@ -159,7 +152,8 @@ def main(argv=None) -> int:
     rec.update(run_command=["awd-edu train --preset ptb-cpu --device cpu --run-dir runs/ptb-cpu",
                             "awd-edu finetune runs/ptb-cpu"],
                run_git_commit=args.run_commit or old.get("run_git_commit") or rec["git_commit"],
-               n_params=scored["n_params"], wall_hours=wall_hours(args.run_log) if args.run_log else old.get("wall_hours"),
+               n_params=scored["n_params"], wall_hours=wall_hours(metrics), wall_hours_means=WALL_HOURS,
+               epoch_seconds_median=round(statistics.median(m["seconds"] for m in metrics), 1),
                epochs=epochs, switched_at=switched[0] if switched else None,
                averaged_epochs=sum(m["stage"] == "train" and m["optimizer"] == "asgd" for m in metrics),
                finetune_epochs=sum(m["stage"] == "finetune" for m in metrics),
