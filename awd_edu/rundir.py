@@ -209,7 +209,7 @@ def publish_best(run_dir,  # the run's folder
 
 
 # %% ../nbs/08h_rundir.ipynb #7b9dc25e
-RESUMABLE = ("epochs", "finetune_epochs", "device", "data_dir")  # settings a resume may change
+RESUMABLE = ("epochs", "finetune_epochs", "patience", "device", "data_dir")  # settings a resume may change (limits and placement)
 
 
 def existing_run(path) -> Path:
