@@ -5,6 +5,7 @@
 # %% ../../nbs/viz/08_dashboard.ipynb #b3e92e7e
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -15,7 +16,7 @@ from ..checkpoint import atomic_write_text, read_metrics
 from .style import COLORS, apply_style
 
 # %% auto #0
-__all__ = ['dashboard_figure', 'LiveDashboard', 'HTMLReport', 'run_figure']
+__all__ = ['dashboard_figure', 'LiveDashboard', 'run_figure', 'HTMLReport']
 
 # %% ../../nbs/viz/08_dashboard.ipynb #1a212b7c
 _DASHBOARD_TITLES = ("perplexity per epoch", "window length and learning rate per step")
@@ -107,27 +108,6 @@ class LiveDashboard(History):
             _fill_dashboard(self.figure, self.metrics, self.steps.as_dict(), self.title)
 
 
-class HTMLReport(History):
-    "A subscriber that rewrites `run_dir/report.html` (standalone, opens offline) after every epoch."
-    def __init__(self, run_dir,  # the run's folder
-                 max_points: int = 2000,  # most step points kept
-                 title: str | None = None):  # default: the run directory's name
-        super().__init__(max_points)
-        self.path = Path(run_dir) / "report.html"
-        self.metrics = read_metrics(run_dir)
-        self.title = title or f"AWD-LSTM training: {Path(run_dir).name}"
-
-    def on_epoch(self, event):
-        super().on_epoch(event); self.write()
-
-    def on_end(self, event):
-        self.write()
-
-    def write(self) -> Path:
-        "Write the report now."
-        fig = dashboard_figure(self.metrics, self.steps.as_dict(), self.title)
-        return atomic_write_text(self.path, fig.to_html(include_plotlyjs=True, full_html=True))
-
 # %% ../../nbs/viz/08_dashboard.ipynb #9b1d4e36
 _AVERAGED, _FINETUNE = "rgba(214, 39, 40, 0.07)", "rgba(44, 160, 44, 0.10)"
 
@@ -191,3 +171,36 @@ def run_figure(metrics,  # one run's metrics, one dict per epoch (`read_metrics(
         fig.update_layout(margin_t=fig.layout.margin.t + 36)
     return fig
 
+
+# %% ../../nbs/viz/08_dashboard.ipynb #14b4c887
+class HTMLReport(History):
+    "A subscriber that rewrites `run_dir/report.html` (standalone, opens offline) after every epoch."
+    def __init__(self, run_dir,  # the run's folder
+                 max_points: int = 2000,  # most step points kept
+                 title: str | None = None,  # default: the run directory's name
+                 baseline=None):  # another run's metrics drawn beside it (`read_metrics(other_run_dir)`)
+        super().__init__(max_points)
+        self.path = Path(run_dir) / "report.html"
+        self.metrics, self.baseline = read_metrics(run_dir), baseline
+        self.title = title or f"AWD-LSTM training: {Path(run_dir).name}"
+
+    def on_epoch(self, event):
+        super().on_epoch(event); self.write()
+
+    def on_end(self, event):
+        self.write()
+
+    def figures(self) -> list:
+        "`run_figure` of the epochs, then `dashboard_figure` with the steps when any were seen."
+        figs = [run_figure(self.metrics, self.baseline, self.title)]
+        steps = self.steps.as_dict()
+        if steps["step"]:
+            figs.append(dashboard_figure(self.metrics, steps, f"{self.title}: every step"))
+        return figs
+
+    def write(self) -> Path:
+        "Write the report now: one page, plotly.js inlined once."
+        body = "\n".join(f.to_html(include_plotlyjs=i == 0, full_html=False) for i, f in enumerate(self.figures()))
+        page = (f"<html>\n<head><meta charset=\"utf-8\"><title>{escape(self.title)}</title></head>\n"
+                f"<body>\n{body}\n</body>\n</html>\n")
+        return atomic_write_text(self.path, page)
