@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--run-commit", help="the commit the run was trained at (default: this checkout's)")
     p.add_argument("--baseline", help="the baseline's run directory (the everything-off ablation at the same sizes)")
     p.add_argument("--baseline-commit", help="the commit the baseline was trained at")
+    p.add_argument("--baseline-command", action="append",
+                   help="a command that made the baseline, in order (repeat it; default: the train command its config "
+                        "gives)")
     p.add_argument("--out", default=str(common.RESULTS / PRETRAINED[NAME]), help="the record (JSON)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     return p.parse_args(argv)
@@ -115,15 +118,16 @@ def score_run(run: Path, out: Path) -> dict:
                 results=dict(cache=cache, test_ppl_half_precision=perplexity(evaluate(half, test_b, config.bptt))))
 
 
-def baseline_part(run: Path, commit) -> dict:
+def baseline_part(run: Path, commit, commands=None) -> dict:
     "The baseline's curve and where it stopped."
     metrics = read_metrics(run)
     config = TrainConfig.load(run / "config.json")
     valid = [m["valid_ppl"] for m in metrics]
     best = min(valid)
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
-    return dict(command=f"awd-edu train --preset ptb-cpu --ablate everything-off --set patience={config.patience} "
-                        f"--epochs {config.epochs} --device cpu --run-dir runs/ptb-cpu-baseline",
+    commands = commands or [f"awd-edu train --preset ptb-cpu --ablate everything-off --set patience={config.patience} "
+                            f"--epochs {config.epochs} --device cpu --run-dir runs/ptb-cpu-baseline"]
+    return dict(commands=commands,
                 git_commit=commit, config=shareable(config), wall_hours=wall_hours(metrics), epochs=epochs_of(metrics),
                 best_valid_ppl=best, best_at=valid.index(best) + 1, last_valid_ppl=valid[-1],
                 rise_above_best_pct=100 * (valid[-1] / best - 1), test_ppl=results.get("train", {}).get("test_ppl"))
@@ -143,7 +147,7 @@ def main(argv=None) -> int:
     else:
         scored = score_run(run, out)
     switched = [m["epoch"] for m in metrics if m["stage"] == "train" and m["switched"]]
-    baseline = (baseline_part(Path(args.baseline), args.baseline_commit) if args.baseline
+    baseline = (baseline_part(Path(args.baseline), args.baseline_commit, args.baseline_command) if args.baseline
                 else old.get("baseline"))
     rec = common.record(NAME, __file__, torch.device("cpu"), scored["config"],
                         dict(scored["results"], anchors=ANCHORS),
