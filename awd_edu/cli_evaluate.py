@@ -67,7 +67,9 @@ def _dynamic_settings(args) -> dict | None:
     given = [flag for flag, key in _DYNAMIC_FLAGS.items() if getattr(args, key) is not None]
     if not args.dynamic:
         if given:
-            raise ValueError(f"{', '.join(given)} only apply to dynamic evaluation: add --dynamic, or drop them")
+            one = len(given) == 1
+            raise ValueError(f"{', '.join(given)} {'is' if one else 'are'} for dynamic evaluation only: add --dynamic, "
+                             f"or drop {'it' if one else 'them'}")
         return None
     if args.search and {"--eta", "--lambda"} & set(given):
         raise ValueError("--search chooses eta and lambda itself: drop --eta and --lambda, or drop --search")
