@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import signal
@@ -17,18 +16,56 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from . import checkpoint, data, distributed, loop, train
+from . import checkpoint, data, distributed, train
 from .ablations import ABLATIONS, ablation_config, list_ablations
-from .config import CONFIG_FIELDS, PRESETS, TrainConfig, resolve_preset, settings_table
 from .callbacks import print_epoch as _print_event
-from .errors import DEBUG_ENV, catch_signal, explain, handle, positive, raise_terminated
-from .rundir import existing_run, score_run
-from .generate import format_words, sample_words
+from .config import CONFIG_FIELDS, PRESETS, TrainConfig, resolve_preset, settings_table
+from .messages import DEBUG_ENV, catch_signal, handle, positive, raise_terminated
 from .model import count_parameters
+from .rundir import existing_run
 
 # %% auto #0
-__all__ = ['cmd_data', 'cmd_train', 'cmd_resume', 'cmd_finetune', 'cmd_evaluate', 'cmd_generate', 'cmd_report', 'cmd_ablations',
-           'cmd_presets', 'add_data_parser', 'add_train_parsers', 'add_presets_parser', 'build_parser', 'main']
+__all__ = ['subcommand', 'parser_of', 'cmd_data', 'add_data_parser', 'cmd_train', 'add_train_parser', 'cmd_resume',
+           'add_resume_parser', 'cmd_finetune', 'add_finetune_parser', 'cmd_ablations', 'cmd_presets',
+           'add_presets_parser', 'build_parser', 'main']
+
+# %% ../nbs/11_cli.ipynb #501fbcc2
+def subcommand(sub, name: str, func, help: str, description: str, run_dir: bool = True) -> argparse.ArgumentParser:
+    "Add the subcommand `name` to the subparsers `sub`: it runs `func(args)`; with `run_dir`, it takes RUN_DIR first."
+    p = sub.add_parser(name, help=help, description=description)
+    p.set_defaults(func=func)
+    if run_dir:
+        p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+    return p
+
+
+def parser_of(*builders) -> argparse.ArgumentParser:
+    "An `awd-edu` parser with the subcommands that `builders` add (each called as `builder(subparsers)`), and --debug."
+    parser = argparse.ArgumentParser(
+        prog="awd-edu", description="Train, evaluate and sample AWD-LSTM language models.",
+        epilog=f"An error prints one message naming the file or the setting and the fix, and exits with status 2 "
+               f"(1: training diverged). --debug, or {DEBUG_ENV}=1, shows its traceback as well.")
+    debug = dict(action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
+    parser.add_argument("--debug", **debug)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for build in builders:
+        build(sub)
+    for p in sub.choices.values():   # --debug after the command too; SUPPRESS keeps one given before it
+        p.add_argument("--debug", default=argparse.SUPPRESS, **debug)
+    return parser
+
+
+def _add_machine_options(p, device=None):
+    "A run used on another machine: the device (default `device`; None: the run's own) and where the data now lives."
+    p.add_argument("--device", default=device, help=f"auto, cpu, cuda or cuda:N (default: {device or 'as the run'})")
+    p.add_argument("--data-dir", default=None,
+                   help="folder of the PTB files, when it is no longer where the run's config.json says (moved, "
+                        "another machine)")
+
+
+def _add_run_options(p):
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html in the run directory")
 
 # %% ../nbs/11_cli.ipynb #4a6fd240
 def cmd_data(args) -> int:
@@ -66,6 +103,24 @@ def cmd_data(args) -> int:
         return 1
     return 0
 
+# %% ../nbs/11_cli.ipynb #9587d771
+def add_data_parser(sub) -> None:
+    "`awd-edu data download|verify|info`."
+    p = subcommand(sub, "data", cmd_data, "download, verify or describe Penn Treebank",
+                   f"Penn Treebank files. Where they live: --dir if given, else ${data.ENV_VAR}/ptb, else the per-user "
+                   f"cache folder.", run_dir=False)
+    p.add_argument("action", choices=["download", "verify", "info"],
+                   help="download: fetch missing or damaged files (a no-op when all three are valid); verify: check "
+                        "SHA-256; info: sizes and counts")
+    p.add_argument("--dir", default=None, help="folder of the PTB files (default: see above)")
+    p.add_argument("--mirror", action="append", metavar="URL",
+                   help="download from this mirror instead of the defaults (repeatable): a base URL of the raw "
+                        "files or a .tgz archive holding data/ptb.*.txt")
+    p.add_argument("--timeout", type=positive(float), default=30.0,
+                   help="seconds a mirror may stay silent (default 30)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or download messages")
+    p.add_argument("--json", action="store_true", help="info: print JSON")
+
 # %% ../nbs/11_cli.ipynb #b36cc7c2
 def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
@@ -98,7 +153,7 @@ def _finish(trainer) -> int:
         print(f"next: `awd-edu evaluate {trainer.run_dir} --split test --cache`")
     return 0
 
-
+# %% ../nbs/11_cli.ipynb #23c61b41
 def _requested_config(args) -> tuple:
     "`(config, preset, reason)` from --preset, then --ablate, then --set, then the explicit flags (--epochs...)."
     name, reason = resolve_preset(args.preset)
@@ -140,7 +195,36 @@ def cmd_train(args) -> int:
     trainer.fit()
     return _finish(trainer)
 
+# %% ../nbs/11_cli.ipynb #b8305a1f
+def add_train_parser(sub) -> None:
+    "`awd-edu train [--preset NAME] [--ablate NAME] [--set KEY=VALUE]... [--show]`."
+    keys = ", ".join(k for k in CONFIG_FIELDS if k != "preset")
+    p = subcommand(sub, "train", cmd_train, "train an AWD-LSTM on PTB into a run directory",
+                   "Train an AWD-LSTM on Penn Treebank. The run directory gets config.json, metrics.jsonl, checkpoints "
+                   "(every epoch), best.safetensors, results.json and report.html. An existing run is never "
+                   "overwritten.", run_dir=False)
+    p.add_argument("--preset", default="auto",
+                   help=f"one of {', '.join(PRESETS)}, or auto: ptb on a CUDA machine, ptb-small otherwise (default: "
+                        f"auto); `awd-edu presets` shows their settings")
+    p.add_argument("--run-dir", default=None, help="folder of the run (default: runs/<preset>[-<ablation>])")
+    p.add_argument("--ablate", choices=list(ABLATIONS), metavar="NAME",
+                   help=f"take one piece out of the preset, as in the paper's ablations: {', '.join(ABLATIONS)}. "
+                        f"`awd-edu ablations` says what each removes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help=f"change one setting, typed by its field, e.g. --set lr=20 --set dropouti=0.5 (repeatable). "
+                        f"KEY is one of: {keys}. `awd-edu presets` shows each one's type and value")
+    p.add_argument("--epochs", type=positive(int), default=None, help="training epochs (default: the preset's)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 141)")
+    p.add_argument("--data-dir", default=None, help=f"folder of the PTB files (default: ${data.ENV_VAR}/ptb)")
+    p.add_argument("--resume-existing", action="store_true",
+                   help="if the run directory already holds this run (same config), resume it instead of refusing")
+    p.add_argument("--show", action="store_true",
+                   help="print the settings this command would train with (the preset, --set and the flags "
+                        "applied) and stop")
+    _add_run_options(p)
 
+# %% ../nbs/11_cli.ipynb #f13a0ab8
 def _moved(args, limit: str) -> dict:
     "A resume's changes: the epoch limit `limit` (from --epochs), --device and --data-dir, where given."
     return {k: v for k, v in {limit: args.epochs, "device": args.device, "data_dir": args.data_dir}.items() if v}
@@ -150,9 +234,8 @@ def cmd_resume(args) -> int:
     "Run `awd-edu resume`: `Trainer.resume`, then the stage the run stopped in."
     run_dir = existing_run(args.run_dir)
     previous = getattr(args, "from_previous", False)
-    changes = _moved(args, "epochs")
     trainer = train.Trainer.resume(run_dir, callbacks=_callbacks(run_dir, args), progress=not args.quiet,
-                                   from_previous=previous, **changes)
+                                   from_previous=previous, **_moved(args, "epochs"))
     if trainer.finished:
         stage, then = (("training", f"finetune {run_dir}") if trainer.stage == "train" else
                        ("fine-tuning", f"evaluate {run_dir} --split test --cache"))
@@ -164,6 +247,21 @@ def cmd_resume(args) -> int:
     return _finish(trainer)
 
 
+def add_resume_parser(sub) -> None:
+    "`awd-edu resume RUN_DIR [--epochs N] [--from-previous]`."
+    p = subcommand(sub, "resume", cmd_resume, "continue a stopped or killed run from its last completed epoch",
+                   "Continue the run in RUN_DIR from its last checkpoint (training, or fine-tuning if it had begun), "
+                   "with the config stored there. The result is the same as an uninterrupted run. A refused resume "
+                   "changes nothing in RUN_DIR.")
+    p.add_argument("--epochs", type=positive(int), default=None,
+                   help="train until this many epochs in all, e.g. to extend a finished run (default: the config's)")
+    p.add_argument("--from-previous", action="store_true",
+                   help="resume from the checkpoint before the latest one (when the latest is damaged): its last "
+                        "epoch is trained again")
+    _add_machine_options(p)
+    _add_run_options(p)
+
+# %% ../nbs/11_cli.ipynb #6c612bb4
 def cmd_finetune(args) -> int:
     "Run `awd-edu finetune`: resume the training stage, then `Trainer.finetune`."
     run_dir = existing_run(args.run_dir)
@@ -185,47 +283,20 @@ def cmd_finetune(args) -> int:
     trainer.finetune(allow_unfinished=args.allow_unfinished)   # refuses unfinished training, saying why
     return _finish(trainer)
 
-# %% ../nbs/11_cli.ipynb #4a33e3da
-def _finite(value):
-    "`value` with every infinite or NaN float replaced by None, so that `--json` prints standard JSON."
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
-
-def cmd_evaluate(args) -> int:
-    "Run `awd-edu evaluate` (`score_run`)."
-    cache = {k: getattr(args, k) for k in ("window", "theta", "lambdasm") if getattr(args, k) is not None}
-    result = score_run(existing_run(args.run_dir), args.split, args.batch_size, cache if args.cache else None,
-                       args.device, args.data_dir, progress=not args.quiet)
-    if args.json:
-        print(json.dumps(_finite(result), indent=2, allow_nan=False))
-    elif args.cache:
-        c = result["cache"]
-        print(f"{args.split} perplexity {result['ppl_without_cache']:.2f} without the cache, {result['ppl']:.2f} "
-              f"with it (window {c['window']}, theta {c['theta']}, lambdasm {c['lambdasm']}; batch 1)")
-    else:
-        print(f"{args.split} perplexity {result['ppl']:.2f} (batch {result['batch_size']}, {result['tokens']:,} tokens)")
-    return 0
-
-
-def cmd_generate(args) -> int:
-    "Run `awd-edu generate`."
-    _, corpus, model = train.load_best(existing_run(args.run_dir), args.device, data_dir=args.data_dir)
-    words = sample_words(model, corpus.vocab, args.words, args.temperature, args.prompt, args.seed)
-    print(format_words(args.prompt.split() + words))
-    return 0
-
-
-def cmd_report(args) -> int:
-    "Run `awd-edu report`: (re)write a run's HTML report from its metrics.jsonl (a reader: no lock needed)."
-    run_dir = existing_run(args.run_dir)
-    report = _report(run_dir, "awd-edu report: plotly is not installed, so no report can be drawn; {install} adds it")
-    if report is None:
-        return 1
-    report.path = Path(args.out) if args.out else report.path
-    print(f"report of {_plural(len(report.metrics), 'epoch')} of {run_dir} -> {report.write()}")
-    return 0
+def add_finetune_parser(sub) -> None:
+    "`awd-edu finetune RUN_DIR [--epochs N] [--allow-unfinished]`."
+    p = subcommand(sub, "finetune", cmd_finetune, "fine-tune the best weights of a run (the paper's last stage)",
+                   "Fine-tune RUN_DIR's best weights: fresh averaged SGD, window lengths capped at bptt+10, stops when "
+                   "validation stalls (the NT-ASGD rule); best.safetensors is replaced only by better weights. The "
+                   "training stage must have finished.")
+    p.add_argument("--epochs", type=positive(int), default=None,
+                   help="at most this many epochs (default: finetune_epochs)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="fine-tune although training stopped before its last epoch; its training can then no "
+                        "longer be continued")
+    _add_machine_options(p)
+    _add_run_options(p)
 
 # %% ../nbs/11_cli.ipynb #5c1d8e09
 def cmd_ablations(args) -> int:
@@ -249,166 +320,28 @@ def cmd_presets(args) -> int:
     print(f"* differs from the paper's setting (the ptb preset).\n--preset auto is {auto} on this machine: {reason}.")
     return 0
 
-# %% ../nbs/11_cli.ipynb #501fbcc2
-def _add_machine_options(p, device=None):
-    "A run used on another machine: the device (default `device`; None: the run's own) and where the data now lives."
-    p.add_argument("--device", default=device, help=f"auto, cpu, cuda or cuda:N (default: {device or 'as the run'})")
-    p.add_argument("--data-dir", default=None,
-                   help="folder of the PTB files, when it is no longer where the run's config.json says (moved, "
-                        "another machine)")
-
-
-def _add_run_options(p):
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--no-report", action="store_true", help="do not write report.html in the run directory")
-
-
-def add_data_parser(sub) -> None:
-    "Add the `data` subcommand to the subparsers `sub`."
-    p = sub.add_parser("data", help="download, verify or describe Penn Treebank",
-                       description=f"Penn Treebank files. Where they live: --dir if given, else ${data.ENV_VAR}/ptb, "
-                                   f"else the per-user cache folder.")
-    p.add_argument("action", choices=["download", "verify", "info"],
-                   help="download: fetch missing or damaged files (a no-op when all three are valid); verify: check "
-                        "SHA-256; info: sizes and counts")
-    p.add_argument("--dir", default=None, help="folder of the PTB files (default: see above)")
-    p.add_argument("--mirror", action="append", metavar="URL",
-                   help="download from this mirror instead of the defaults (repeatable): a base URL of the raw "
-                        "files or a .tgz archive holding data/ptb.*.txt")
-    p.add_argument("--timeout", type=positive(float), default=30.0,
-                   help="seconds a mirror may stay silent (default 30)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or download messages")
-    p.add_argument("--json", action="store_true", help="info: print JSON")
-    p.set_defaults(func=cmd_data)
-
-
-def add_train_parsers(sub) -> None:
-    "Add `train`, `resume`, `finetune`, `evaluate` and `generate` to the subparsers `sub`."
-    presets = ", ".join(PRESETS)
-    keys = ", ".join(k for k in CONFIG_FIELDS if k != "preset")
-    p = sub.add_parser("train", help="train an AWD-LSTM on PTB into a run directory",
-                       description="Train an AWD-LSTM on Penn Treebank. The run directory gets config.json, "
-                                   "metrics.jsonl, checkpoints (every epoch), best.safetensors, results.json and "
-                                   "report.html. An existing run is never overwritten.")
-    p.add_argument("--preset", default="auto",
-                   help=f"one of {presets}, or auto: ptb on a CUDA machine, ptb-small otherwise (default: auto); "
-                        f"`awd-edu presets` shows their settings")
-    p.add_argument("--run-dir", default=None, help="folder of the run (default: runs/<preset>[-<ablation>])")
-    p.add_argument("--ablate", choices=list(ABLATIONS), metavar="NAME",
-                   help=f"take one piece out of the preset, as in the paper's ablations: {', '.join(ABLATIONS)}. "
-                        f"`awd-edu ablations` says what each removes")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help=f"change one setting, typed by its field, e.g. --set lr=20 --set dropouti=0.5 (repeatable). "
-                        f"KEY is one of: {keys}. `awd-edu presets` shows each one's type and value")
-    p.add_argument("--epochs", type=positive(int), default=None, help="training epochs (default: the preset's)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 141)")
-    p.add_argument("--data-dir", default=None, help=f"folder of the PTB files (default: ${data.ENV_VAR}/ptb)")
-    p.add_argument("--resume-existing", action="store_true",
-                   help="if the run directory already holds this run (same config), resume it instead of refusing")
-    p.add_argument("--show", action="store_true",
-                   help="print the settings this command would train with (the preset, --set and the flags "
-                        "applied) and stop")
-    _add_run_options(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("resume", help="continue a stopped or killed run from its last completed epoch",
-                       description="Continue the run in RUN_DIR from its last checkpoint (training, or fine-tuning "
-                                   "if it had begun), with the config stored there. The result is the same as an "
-                                   "uninterrupted run. A refused resume changes nothing in RUN_DIR.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--epochs", type=positive(int), default=None,
-                   help="train until this many epochs in all, e.g. to extend a finished run (default: the config's)")
-    p.add_argument("--from-previous", action="store_true",
-                   help="resume from the checkpoint before the latest one (when the latest is damaged): its last "
-                        "epoch is trained again")
-    _add_machine_options(p)
-    _add_run_options(p)
-    p.set_defaults(func=cmd_resume)
-
-    p = sub.add_parser("finetune", help="fine-tune the best weights of a run (the paper's last stage)",
-                       description="Fine-tune RUN_DIR's best weights: fresh averaged SGD, window lengths capped at "
-                                   "bptt+10, stops when validation stalls (the NT-ASGD rule); best.safetensors is "
-                                   "replaced only by better weights. The training stage must have finished.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--epochs", type=positive(int), default=None,
-                   help="at most this many epochs (default: finetune_epochs)")
-    p.add_argument("--allow-unfinished", action="store_true",
-                   help="fine-tune although training stopped before its last epoch; its training can then no "
-                        "longer be continued")
-    _add_machine_options(p)
-    _add_run_options(p)
-    p.set_defaults(func=cmd_finetune)
-
-    p = sub.add_parser("evaluate", help="perplexity of a run's best weights, with or without the neural cache",
-                       description="Perplexity of RUN_DIR's best weights on the validation or test split, "
-                                   "optionally with the neural cache (chapter 09; PTB defaults: window 500, "
-                                   "theta 1.0, lambdasm 0.1, at batch 1).")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--split", choices=["valid", "test"], default="valid", help="which split (default: valid)")
-    p.add_argument("--batch-size", type=positive(int), default=None,
-                   help="columns (default: eval_batch_size for valid, test_batch_size for test; 1 with --cache)")
-    p.add_argument("--cache", action="store_true", help="add the neural cache (batch 1)")
-    p.add_argument("--window", type=positive(int), default=None, help="cache window (default 500)")
-    p.add_argument("--theta", type=float, default=None, help="cache theta (default 1.0)")
-    p.add_argument("--lambdasm", type=float, default=None, help="cache weight lambda (default 0.1)")
-    _add_machine_options(p, "auto")
-    p.add_argument("--json", action="store_true", help="print JSON (a perplexity too large for a float is null)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("generate", help="sample text from a run's best weights",
-                       description="Sample words from RUN_DIR's best weights, each from softmax(logits / T).")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--words", type=positive(int), default=50, help="how many words to draw (default 50)")
-    p.add_argument("--temperature", type=positive(float), default=1.0,
-                   help="T > 0; below 1 is more conservative (default 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="seed for a reproducible sample")
-    p.add_argument("--prompt", default="", help="words to start from, in PTB's tokens (lower-case, N for numbers)")
-    _add_machine_options(p, "auto")
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("report", help="(re)write a run's HTML report from its metrics.jsonl",
-                       description=f"Draw RUN_DIR's report (perplexity per epoch, the NT-ASGD switch, fine-tuning) "
-                                   f"from its metrics.jsonl as a standalone HTML file. It only reads the run, so it "
-                                   f"may run while the run trains. Needs the pictures' extra: pip install 'awd_edu[viz]'.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    p.add_argument("--out", default=None, metavar="FILE", help="where to write it (default: RUN_DIR/report.html)")
-    p.set_defaults(func=cmd_report)
-
 
 def add_presets_parser(sub) -> None:
-    "Add `presets` and `ablations` to the subparsers `sub`."
-    sub.add_parser("ablations", help="list the named ablations (`train --ablate NAME`) and the paper's figures",
-                   description="Each ablation: what it takes out and the paper's PTB perplexities without it "
-                               "(Table 4).").set_defaults(func=cmd_ablations)
-    p = sub.add_parser("presets", help="show every setting of the presets, side by side",
-                       description="Every setting of each preset (the values `train --preset NAME` starts from), "
-                                   "its type as `--set` takes it, and which values differ from the paper's.")
+    "`awd-edu presets [NAME] [--json]` and `awd-edu ablations`."
+    subcommand(sub, "ablations", cmd_ablations, "list the named ablations (`train --ablate NAME`) and the paper's figures",
+               "Each ablation: what it takes out and the paper's PTB perplexities without it (Table 4).", run_dir=False)
+    p = subcommand(sub, "presets", cmd_presets, "show every setting of the presets, side by side",
+                   "Every setting of each preset (the values `train --preset NAME` starts from), its type as `--set` "
+                   "takes it, and which values differ from the paper's.", run_dir=False)
     p.add_argument("name", nargs="?", default=None, help=f"only this preset ({', '.join(PRESETS)} or auto)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_presets)
 
 # %% ../nbs/11_cli.ipynb #2e8022f5
 def build_parser() -> argparse.ArgumentParser:
-    "The `awd-edu` argument parser with all its subcommands."
-    parser = argparse.ArgumentParser(
-        prog="awd-edu", description="Train, evaluate and sample AWD-LSTM language models.",
-        epilog=f"An error prints one message naming the file or the setting and the fix, and exits with status 2 "
-               f"(1: training diverged). --debug, or {DEBUG_ENV}=1, shows its traceback as well.")
+    "The `awd-edu` argument parser: every subcommand, in the order of `awd-edu --help`, with --version and --debug."
+    from awd_edu.cli_evaluate import add_evaluate_parser, add_generate_parser, add_report_parser   # chapter 11b
+    parser = parser_of(add_data_parser, add_train_parser, add_resume_parser, add_finetune_parser, add_evaluate_parser,
+                       add_generate_parser, add_report_parser, add_presets_parser)
     parser.add_argument("--version", action="version",
                         version=f"awd-edu {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
-    debug = dict(action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
-    parser.add_argument("--debug", **debug)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_data_parser(sub)
-    add_train_parsers(sub)
-    add_presets_parser(sub)
-    for p in sub.choices.values():   # also after the command; SUPPRESS keeps a --debug given before it
-        p.add_argument("--debug", default=argparse.SUPPRESS, **debug)
     return parser
 
-
+# %% ../nbs/11_cli.ipynb #997183c2
 def main(argv=None) -> int:
     "Run the `awd-edu` command line; return the exit status (0 done, 1 training diverged, 2 an error it explained)."
     try:

@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from .cache import NeuralCache, _check_source
-from .data import get_batch
+from .data import batchify, get_batch
+from .loop import evaluate
 from .model import detach_hidden
 
 # %% auto #0
 __all__ = ['DYNAMIC_DEFAULTS', 'DYNAMIC_GRID', 'DYNAMIC_SEARCH', 'check_dynamic_args', 'search_grid', 'perplexity_of',
-           'gradient_rms', 'rms_norm', 'dynamic_update', 'dynamic_outputs', 'evaluate_dynamic', 'search_dynamic']
+           'gradient_rms', 'rms_norm', 'dynamic_update', 'dynamic_outputs', 'evaluate_dynamic', 'search_dynamic',
+           'score_dynamic']
 
 # %% ../nbs/09a_dynamic_eval.ipynb #b7c9f8c1
 DYNAMIC_DEFAULTS = dict(bptt=5, eta=5e-5, lam=0.002, eps=2e-5, batch_size=100)  # dynamiceval.py's defaults (AWD-LSTM, PTB)
@@ -239,3 +241,31 @@ def search_dynamic(model,  # a trained `AWDLSTM`; never changed
     best = min(grid, key=lambda r: r["loss"] if r["loss"] == r["loss"] else math.inf)  # a nan loss never wins
     return dict(best={k: best[k] for k in ("eta", "lam", "loss", "ppl")}, grid=grid, tokens=len(source) - 1,
                 eps=float(eps), bptt=int(bptt))
+
+# %% ../nbs/09a_dynamic_eval.ipynb #0f84296e
+def score_dynamic(model,  # a trained `AWDLSTM`; never changed
+                  train_tokens: torch.Tensor,  # the training text, word ids (1-D): sqrt(MS_g) is gathered on it
+                  tokens: torch.Tensor,  # the text scored, word ids (1-D): validation or test
+                  eta: float = DYNAMIC_DEFAULTS["eta"],  # step size (ignored when `search_tokens` is given)
+                  lam: float = DYNAMIC_DEFAULTS["lam"],  # decay rate (ignored when `search_tokens` is given)
+                  eps: float = DYNAMIC_DEFAULTS["eps"],  # stabiliser of the step
+                  bptt: int = DYNAMIC_DEFAULTS["bptt"],  # tokens per segment
+                  grad_batches: int | None = None,  # training batches for sqrt(MS_g); None: the whole text
+                  search_tokens: torch.Tensor | None = None,  # validation word ids: choose eta, lambda on their start
+                  batch_size: int = DYNAMIC_DEFAULTS["batch_size"],  # columns of the training text for sqrt(MS_g)
+                  progress: bool = False,  # progress bars (tqdm, on stderr)
+                 ) -> dict:
+    "`evaluate_dynamic`'s dict for `tokens`, with `static_loss`, `static_ppl` and `search` (the grid, or None)."
+    eta, lam, eps, bptt = check_dynamic_args(eta, lam, eps, bptt, "score_dynamic")
+    device = next(model.parameters()).device
+    ms_sqrt = gradient_rms(model, batchify(train_tokens, batch_size).to(device), bptt, grad_batches)
+    search = None
+    if search_tokens is not None:
+        valid = batchify(search_tokens[:DYNAMIC_SEARCH["tokens"]], 1).to(device)   # (n, 1)
+        search = search_dynamic(model, valid, ms_sqrt, DYNAMIC_SEARCH["etas"], DYNAMIC_SEARCH["lams"], eps, bptt,
+                                progress)
+        eta, lam = search["best"]["eta"], search["best"]["lam"]
+    source = batchify(tokens, 1).to(device)   # (n, 1)
+    static = evaluate(model, source, bptt, progress=progress)
+    out = evaluate_dynamic(model, source, ms_sqrt, eta, lam, eps, bptt, progress=progress)
+    return dict(out, static_loss=static, static_ppl=perplexity_of(static), search=search)

@@ -175,3 +175,83 @@ def test_download_hides_pooch_hash_advice_and_quiet_hides_its_log(mirrors, tmp_p
     again = run_module("awd_edu", "data", "download", "--quiet", "--dir", str(tmp_path / "b"),
                        "--mirror", mirrors["down"])   # valid files: nothing to fetch, the mirror is never asked
     assert again.returncode == 0 and again.stderr == ""
+
+
+# ------------------------------------------------------------------------------- evaluate --dynamic
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, ptb_folder, one_thread):
+    "A tiny run, one epoch on a slice of PTB, trained through the command line."
+    run = tmp_path_factory.mktemp("dynamic") / "run"
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run), "--epochs", "1", "--set", "max_train_tokens=4000",
+                 "--set", "max_eval_tokens=600", "--quiet", "--no-report"]) == 0
+    return run
+
+
+def library(run, split: str, eta: float, lam: float, eps: float, bptt: int, grad_batches: int) -> dict:
+    "Dynamic evaluation of the run's best weights by awd_edu.dynamic's own functions, step by step (not the CLI's path)."
+    from awd_edu.data import batchify
+    from awd_edu.dynamic import evaluate_dynamic, gradient_rms
+    from awd_edu.train import load_best
+    config, corpus, model = load_best(run, "cpu")
+    ms_sqrt = gradient_rms(model, batchify(corpus.train[:config.max_train_tokens], 100), bptt, grad_batches)
+    return evaluate_dynamic(model, batchify(getattr(corpus, split)[:config.max_eval_tokens], 1), ms_sqrt, eta, lam, eps,
+                            bptt)
+
+
+def test_evaluate_dynamic_is_the_library_s_dynamic_evaluation(tiny_run, capsys):
+    settings = ["--eta", "1e-3", "--lambda", "0.01", "--eps", "1e-4", "--bptt", "7", "--grad-batches", "3"]
+    assert main(["evaluate", str(tiny_run), "--dynamic", "--split", "test", "--json", "--quiet"] + settings) == 0
+    r = json.loads(capsys.readouterr().out)
+    expected = library(tiny_run, "test", eta=1e-3, lam=0.01, eps=1e-4, bptt=7, grad_batches=3)
+    assert (r["split"], r["eta"], r["lam"], r["eps"], r["bptt"], r["tokens"]) == ("test", 1e-3, 0.01, 1e-4, 7, 599)
+    assert r["ppl"] == pytest.approx(expected["ppl"], rel=1e-9) and r["loss"] == pytest.approx(expected["loss"], rel=1e-9)
+    assert r["ppl"] != pytest.approx(r["static_ppl"], rel=1e-3)   # it did adapt
+    assert r["search"] is None
+
+
+def test_evaluate_dynamic_with_eta_0_prints_the_static_perplexity(tiny_run, capsys):
+    assert main(["evaluate", str(tiny_run), "--dynamic", "--eta", "0", "--grad-batches", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    m = re.fullmatch(r"valid perplexity ([\d.]+) static, ([\d.]+) dynamic \(eta 0, lambda 0\.002; eps 2e-05, "
+                     r"segments of 5; batch 1, 599 tokens\)\n", out)
+    assert m, out
+    static, dynamic = map(float, m.groups())
+    assert dynamic == pytest.approx(static, abs=0.011)   # the same perplexity, to the printed two decimals
+    assert main(["evaluate", str(tiny_run), "--quiet", "--json", "--batch-size", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["ppl"] == pytest.approx(static, abs=0.006)   # score_run's, at batch 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--dynamic", "--eta", "-1"], ["argument --eta", ">= 0"]),
+    (["--dynamic", "--eta", "nan"], ["argument --eta", "finite"]),
+    (["--dynamic", "--lambda", "1.5"], ["argument --lambda", "[0, 1]"]),
+    (["--dynamic", "--lambda", "-0.1"], ["argument --lambda", "[0, 1]"]),
+    (["--dynamic", "--eps", "0"], ["argument --eps", "> 0"]),
+    (["--dynamic", "--bptt", "0"], ["argument --bptt", ">= 1"]),
+    (["--dynamic", "--bptt", "2.5"], ["argument --bptt", "an integer"]),
+    (["--dynamic", "--grad-batches", "0"], ["argument --grad-batches", "> 0"]),
+    (["--eta", "1e-4"], ["--eta", "add --dynamic"]),
+    (["--lambda", "0.1", "--bptt", "3"], ["--lambda, --bptt", "add --dynamic"]),
+    (["--search"], ["--search", "add --dynamic"]),
+    (["--dynamic", "--search", "--eta", "1e-4"], ["--search", "drop --eta"]),
+    (["--dynamic", "--search", "--split", "valid"], ["--search", "drop --split valid"]),
+    (["--dynamic", "--cache"], ["--dynamic", "drop --cache"]),
+    (["--dynamic", "--batch-size", "4"], ["--dynamic", "--batch-size"]),
+])
+def test_bad_dynamic_settings_exit_2_naming_the_flag_before_any_work(tmp_path, capsys, args, words):
+    assert main(["evaluate", str(tmp_path / "no-run")] + args) == 2   # refused before the run is even looked for
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and "no-run" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_evaluate_dynamic_search_chooses_on_valid_then_scores_test(tiny_run, capsys):
+    assert main(["evaluate", str(tiny_run), "--dynamic", "--search", "--grad-batches", "3", "--json", "--quiet"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    from awd_edu.dynamic import DYNAMIC_SEARCH
+    grid = r["search"]["grid"]
+    assert len(grid) == len(DYNAMIC_SEARCH["etas"]) * len(DYNAMIC_SEARCH["lams"]) and r["search"]["tokens"] == 599
+    best = min(grid, key=lambda g: g["loss"])
+    assert (r["split"], r["eta"], r["lam"]) == ("test", best["eta"], best["lam"])   # chosen on valid, scored on test
+    expected = library(tiny_run, "test", eta=best["eta"], lam=best["lam"], eps=2e-5, bptt=5, grad_batches=3)
+    assert r["ppl"] == pytest.approx(expected["ppl"], rel=1e-9)

@@ -21,6 +21,7 @@ import torch
 import awd_edu.checkpoint as ckpt
 import awd_edu.cli as cli
 import awd_edu.loop as loop
+import awd_edu.messages as messages
 import awd_edu.rundir as R
 import awd_edu.train as T
 from awd_edu.cli import main
@@ -217,21 +218,21 @@ def test_a_run_folder_without_write_permission_is_named(run, tmp_path, capsys):
 
 
 def test_no_space_left_and_other_disk_errors_are_explained(run):
-    status, message = cli.explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/x/.metrics.jsonl.ab.tmp"),
+    status, message = messages.explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/x/.metrics.jsonl.ab.tmp"),
                                   "train", "runs/x")
     assert status == 2 and "the folder runs/x" in message and "no space left" in message
     assert "nothing had been checkpointed yet" in message and "start it again" in message
-    status, message = cli.explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "metrics.jsonl")),
+    status, message = messages.explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "metrics.jsonl")),
                                   "resume", str(run))
     assert f"{run / 'metrics.jsonl'} cannot be written: no space left" in message
     assert "the last checkpoint (train epoch 2) is intact" in message and f"`awd-edu resume {run}`" in message
-    status, message = cli.explain(OSError(errno.EIO, os.strerror(errno.EIO), "runs/x/best.safetensors"), "evaluate")
+    status, message = messages.explain(OSError(errno.EIO, os.strerror(errno.EIO), "runs/x/best.safetensors"), "evaluate")
     assert status == 2 and message == f"awd-edu evaluate: error: {os.strerror(errno.EIO)}: runs/x/best.safetensors"
 
 
 def test_out_of_gpu_memory_is_explained():
     for text in ("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail", ""):
-        status, message = cli.explain(torch.cuda.OutOfMemoryError(text), "train", "runs/x")
+        status, message = messages.explain(torch.cuda.OutOfMemoryError(text), "train", "runs/x")
         assert status == 2 and message.startswith("awd-edu train: error: out of GPU memory")
         assert text.partition("\n")[0] in message and "more detail" not in message and "--device cpu" in message
 
@@ -240,7 +241,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(args):
         raise TypeError("a bug")
     monkeypatch.setattr(cli, "cmd_presets", broken)
-    assert cli.explain(TypeError("a bug"), "presets") is None
+    assert messages.explain(TypeError("a bug"), "presets") is None
     with pytest.raises(TypeError, match="a bug"):
         main(["presets"])
 
@@ -340,7 +341,7 @@ def test_debug_or_the_environment_variable_shows_the_traceback(run):
                            capture_output=True, text=True, timeout=300)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and str(state) in plain.stderr
     for args, env in ((["--debug", "resume", str(run)], {}), (["resume", str(run), "--debug"], {}),
-                      (["resume", str(run)], {cli.DEBUG_ENV: "1"})):
+                      (["resume", str(run)], {messages.DEBUG_ENV: "1"})):
         r = subprocess.run([sys.executable, "-m", "awd_edu", *args], env=cli_env(**env), capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 1 and "Traceback" in r.stderr and "CheckpointError" in r.stderr, (args, env)
@@ -375,7 +376,7 @@ def test_an_old_run_directory_still_resumes_and_finetunes(run, capsys):
 
 
 def test_an_error_raised_in_a_cell_run_by_nbdev_test_counts_as_the_packages():
-    from awd_edu.errors import raised_by_us
+    from awd_edu.messages import raised_by_us
     def raised_in(filename):
         try:
             exec(compile("raise ValueError('x')", filename, "exec"))

@@ -43,6 +43,7 @@ def snapshot(folder):
     ("resume", ["--from-previous", "--epochs"]),
     ("finetune", ["RUN_DIR", "bptt+10", "--epochs", "--allow-unfinished"]),
     ("evaluate", ["--split", "--cache", "--window", "--theta", "--lambdasm", "--quiet"]),
+    ("evaluate", ["--dynamic", "--eta", "--lambda", "--eps", "--bptt", "--grad-batches", "--search"]),
     ("presets", ["--json"]),
     ("generate", ["--words", "--temperature", "--seed", "--prompt"]),
 ])

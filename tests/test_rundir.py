@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import awd_edu.checkpoint as ckpt
-import awd_edu.errors as errors
+import awd_edu.messages as messages
 import awd_edu.rundir as R
 import awd_edu.train as T
 from awd_edu.cli import main
@@ -437,13 +437,13 @@ def test_a_torch_value_error_inside_training_keeps_its_traceback(tmp_path, monke
     with pytest.raises(ValueError, match="Expected input batch_size"):
         main(["train", "--run-dir", str(tmp_path / "r"), "--epochs", "1"] + TINY)
     assert capsys.readouterr().err == ""
-    assert errors.explain(ValueError("TrainConfig: lr must be > 0"), "train") is not None   # ours: a message
+    assert messages.explain(ValueError("TrainConfig: lr must be > 0"), "train") is not None   # ours: a message
 
 
 def test_a_lost_torchrun_process_says_how_to_resume():
     lost = getattr(torch.distributed, "DistBackendError", RuntimeError)("[../gloo/transport/tcp/pair.cc:534] "
                                                                         "Connection closed by peer [127.0.0.1]:5678")
-    status, message = errors.explain(lost, "train", "runs/x")
+    status, message = messages.explain(lost, "train", "runs/x")
     assert status == 2 and "another process of this data-parallel run stopped" in message
     assert "`awd-edu resume runs/x`" in message and "torchrun" in message
 
