@@ -226,8 +226,10 @@ def add_train_parser(sub) -> None:
 
 # %% ../nbs/11_cli.ipynb #f13a0ab8
 def _moved(args, limit: str) -> dict:
-    "A resume's changes: the epoch limit `limit` (from --epochs), --device and --data-dir, where given."
-    return {k: v for k, v in {limit: args.epochs, "device": args.device, "data_dir": args.data_dir}.items() if v}
+    "A resume's changes: the epoch limit `limit` (from --epochs), --patience, --device and --data-dir, where given."
+    changes = {limit: args.epochs, "patience": getattr(args, "patience", None), "device": args.device,
+               "data_dir": args.data_dir}
+    return {k: v for k, v in changes.items() if v is not None}
 
 
 def cmd_resume(args) -> int:
@@ -248,13 +250,16 @@ def cmd_resume(args) -> int:
 
 
 def add_resume_parser(sub) -> None:
-    "`awd-edu resume RUN_DIR [--epochs N] [--from-previous]`."
+    "`awd-edu resume RUN_DIR [--epochs N] [--patience N] [--from-previous]`."
     p = subcommand(sub, "resume", cmd_resume, "continue a stopped or killed run from its last completed epoch",
                    "Continue the run in RUN_DIR from its last checkpoint (training, or fine-tuning if it had begun), "
                    "with the config stored there. The result is the same as an uninterrupted run. A refused resume "
                    "changes nothing in RUN_DIR.")
     p.add_argument("--epochs", type=positive(int), default=None,
                    help="train until this many epochs in all, e.g. to extend a finished run (default: the config's)")
+    p.add_argument("--patience", type=positive(int), default=None,
+                   help="stop training once validation has not improved for N epochs, e.g. to look longer at a run "
+                        "that patience stopped (default: the config's)")
     p.add_argument("--from-previous", action="store_true",
                    help="resume from the checkpoint before the latest one (when the latest is damaged): its last "
                         "epoch is trained again")

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from . import train
+from .checkpoint import read_metrics
 from .cli import _add_machine_options, _plural, _report, subcommand
 from .dynamic import DYNAMIC_DEFAULTS, check_dynamic_args, score_dynamic
 from .generate import format_words, sample_words
@@ -154,14 +155,17 @@ def cmd_report(args) -> int:
     if report is None:
         return 1
     report.path = Path(args.out) if args.out else report.path
+    report.baseline = read_metrics(existing_run(args.baseline)) if args.baseline else None
     print(f"report of {_plural(len(report.metrics), 'epoch')} of {run_dir} -> {report.write()}")
     return 0
 
 
 def add_report_parser(sub) -> None:
-    "`awd-edu report RUN_DIR [--out FILE]`."
+    "`awd-edu report RUN_DIR [--out FILE] [--baseline OTHER_RUN_DIR]`."
     p = subcommand(sub, "report", cmd_report, "(re)write a run's HTML report from its metrics.jsonl",
                    "Draw RUN_DIR's report (perplexity per epoch, the NT-ASGD switch, fine-tuning) from its "
                    "metrics.jsonl as a standalone HTML file. It only reads the run, so it may run while the run "
                    "trains. Needs the pictures' extra: pip install 'awd_edu[viz]'.")
     p.add_argument("--out", default=None, metavar="FILE", help="where to write it (default: RUN_DIR/report.html)")
+    p.add_argument("--baseline", default=None, metavar="OTHER_RUN_DIR",
+                   help="another run drawn beside it in gray (e.g. the same model with every trick off)")

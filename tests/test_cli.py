@@ -255,3 +255,13 @@ def test_evaluate_dynamic_search_chooses_on_valid_then_scores_test(tiny_run, cap
     assert (r["split"], r["eta"], r["lam"]) == ("test", best["eta"], best["lam"])   # chosen on valid, scored on test
     expected = library(tiny_run, "test", eta=best["eta"], lam=best["lam"], eps=2e-5, bptt=5, grad_batches=3)
     assert r["ppl"] == pytest.approx(expected["ppl"], rel=1e-9)
+
+
+def test_resume_passes_patience_on_and_refuses_a_bad_one(capsys):
+    from awd_edu.cli import _moved, build_parser
+    parse = build_parser().parse_args
+    assert _moved(parse(["resume", "r", "--patience", "3"]), "epochs") == {"patience": 3}
+    assert _moved(parse(["resume", "r", "--epochs", "9"]), "epochs") == {"epochs": 9}       # not given: unchanged
+    with pytest.raises(SystemExit) as e:
+        parse(["resume", "r", "--patience", "0"])
+    assert e.value.code == 2 and "--patience" in capsys.readouterr().err

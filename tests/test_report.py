@@ -40,3 +40,20 @@ def test_steps_seen_add_the_step_panel(run):
     figs = report.figures()
     assert len(figs) == 2 and any(list(t.y) == [70] for t in figs[1].data)
     assert report.write().read_text().count("Plotly.newPlot") == 2
+
+
+def test_awd_edu_report_draws_a_baseline_beside_the_run(run, tmp_path, capsys):
+    from awd_edu.cli import main
+    from awd_edu.config import TrainConfig
+    base = tmp_path / "base"
+    for folder in (run, base):
+        TrainConfig.from_preset("tiny").save(folder / "config.json")
+    for m in epochs([350, 260, 270, 300]):
+        append_metrics(base, m)
+    assert main(["report", str(run), "--baseline", str(base), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "baseline: valid" in page and "AWD-LSTM: valid" in page and "report of 6 epochs" in capsys.readouterr().out
+    assert main(["report", str(run), "--out", str(tmp_path / "alone.html")]) == 0
+    assert "baseline: valid" not in (tmp_path / "alone.html").read_text()
+    assert main(["report", str(run), "--baseline", str(tmp_path / "nowhere")]) == 2   # refused, by name
+    assert "no run directory at" in capsys.readouterr().err

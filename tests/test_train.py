@@ -383,6 +383,11 @@ def test_patience_stops_training_that_many_epochs_after_the_best_and_a_resume_ke
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and trainer.finished
     assert [m["stop"] for m in metrics] == [False, False, False, True]
     assert Trainer.resume(trainer.run_dir, corpus=ptb_corpus, progress=False).finished   # stays stopped
+    longer = Trainer.resume(trainer.run_dir, corpus=ptb_corpus, progress=False, patience=3)   # a longer look: epoch 5
+    assert not longer.finished
+    feed(longer, losses[4:])
+    assert [m["epoch"] for m in longer.fit()] == [1, 2, 3, 4, 5] and longer.history[-1]["best"] and longer.finished
+    assert TrainConfig.load(trainer.run_dir / "config.json").patience == 3
 
 
 def test_without_patience_training_runs_every_epoch(ptb_corpus, tmp_path):
