@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .loop import evaluate
+from .dropout import LockedDropout
 
 # %% auto #0
 __all__ = ['Group', 'current_group', 'init_from_env', 'shard_columns', 'all_sum', 'broadcast', 'gather', 'barrier', 'check_same',
-           'wrap', 'unwrap', 'evaluate_shared']
+           'share_masks', 'wrap', 'shared_mean']
 
 # %% ../nbs/08g_distributed.ipynb #275a51a6
 @dataclass(frozen=True)
@@ -115,30 +115,34 @@ def check_same(value, group: Group, what: str):
                            f"with the same config and seed (torchrun passes the same command line to all)")
 
 # %% ../nbs/08g_distributed.ipynb #d8ebbfd0
+def share_masks(model: torch.nn.Module, group: Group) -> torch.nn.Module:
+    "Make every `LockedDropout` of `model` draw its mask for the whole batch and keep this process's block of it."
+    for m in model.modules():
+        if isinstance(m, LockedDropout):
+            m.shard = (group.rank, group.world_size)   # (0, 1) for one process: the mask of its own batch
+    return model
+
+
 def wrap(model: torch.nn.Module, group: Group, device: torch.device) -> torch.nn.Module:
-    "The module the training steps call: `model` itself, or `model` in `DistributedDataParallel` for several processes."
+    "The module the training steps call (`model`, in `DistributedDataParallel` for several processes), masks shared."
+    share_masks(model, group)
     if not group.parallel:
         return model
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    "The model inside a `DistributedDataParallel` wrapper (or `model` itself)."
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def evaluate_shared(model: torch.nn.Module,  # the (unwrapped) model, with the same weights on every process
-                    source: torch.Tensor,  # the whole batchified stream, (n_steps, B)
-                    bptt: int,  # window length
-                    group: Group,  # the processes
-                   ) -> float:
-    "Mean cross-entropy on all of `source`, the same number on every process: columns shared out when they divide."
+def shared_mean(score,  # `score(stream) -> float`: a mean per token over a batchified stream, e.g. `evaluate`
+                source: torch.Tensor,  # the whole batchified stream, (n_steps, B)
+                group: Group,  # the processes
+               ) -> float:
+    "`score(source)`, the same number on every process: each scores its share of the columns when they divide, else rank 0 all."
     if not group.parallel:
-        return evaluate(model, source, bptt)
+        return score(source)
     if source.size(1) % group.world_size == 0:        # each process scores its columns; the token sums are added
         part = shard_columns(source, group, "the evaluation batch size")
         n = (len(part) - 1) * part.size(1)             # tokens scored by this process
-        total, count = all_sum([evaluate(model, part, bptt) * n, n], group)
+        total, count = all_sum([score(part) * n, n], group)
         return total / count
-    return broadcast(evaluate(model, source, bptt) if group.is_main else None, group)   # e.g. the test at batch 1
+    return broadcast(score(source) if group.is_main else None, group)   # e.g. the test at batch 1
+

@@ -336,18 +336,10 @@ def test_embedded_rejects_bad_p(p):
         embedded_dropout(embed, words, p)
 
 
-def test_embedded_deprecated_dropout_keyword_is_p_and_warns():
+def test_embedded_dropout_has_no_old_dropout_keyword():
     embed, words = make_batch()
-    torch.manual_seed(3)
-    with pytest.warns(DeprecationWarning, match="use p="):
-        old = embedded_dropout(embed, words, dropout=0.5)
-    torch.manual_seed(3)
-    assert torch.equal(old, embedded_dropout(embed, words, p=0.5))     # the same draw as with p
-    assert (old == 0).all(-1).any()                                    # and it did drop
-    with pytest.raises(TypeError, match="pass p only"):
-        embedded_dropout(embed, words, p=0.2, dropout=0.3)
-    with pytest.raises(TypeError):
-        embedded_dropout(embed, words, 0.1, 0.3)                       # the alias is keyword-only
+    with pytest.raises(TypeError, match="dropout"):
+        embedded_dropout(embed, words, dropout=0.5)
 
 
 def test_embedded_positional_p_does_not_warn():
