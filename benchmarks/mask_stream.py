@@ -112,8 +112,8 @@ def main(argv=None) -> dict:
     common.print_table(rows, ["masks", "locked-mask columns", "ms/step (median)", "IQR ms", "CPU ms",
                               "/own (paired)", "/own CPU (paired)"])
     worst = max(worlds)
-    summary = (f"one process's step at B={shape['batch']}, bptt {shape['bptt']} ({args.preset} shapes"
-               f"{', tiny' if args.tiny else ''}): own masks {results['own']['ms_per_step']:.0f} ms; shared stream "
+    summary = (f"one process's step at B={shape['batch']}, bptt {shape['bptt']} ({'tiny' if args.tiny else args.preset} shapes): "
+               f"own masks {results['own']['ms_per_step']:.0f} ms; shared stream "
                + ", ".join(f"W={w} {results[f'W={w}']['ratio_to_own_paired_median']:.3f}x" for w in worlds)
                + f" (paired medians of wall time; CPU time W={worst} "
                f"{results[f'W={worst}']['ratio_to_own_cpu_paired_median']:.3f}x)")

@@ -168,14 +168,14 @@ def test_the_tiny_preset_on_two_processes_gives_one_process_numbers_and_the_old_
 
 @pytest.mark.slow
 def test_one_two_and_three_processes_agree_across_the_switch_fine_tuning_and_a_resume(tmp_path):
-    "Batch 12 (1, 2 and 3 divide it); nonmono=1 on 4,000 tokens: the trigger fires; 2 processes killed and resumed."
+    "Batch 12 (1, 2 and 3 divide it); nonmono=1 on 4,000 tokens: the trigger fires (epoch 5 of 6); 2 processes killed and resumed."
     cfg = dict(batch_size=12, eval_batch_size=12, nonmono=1)
-    one = launch(tmp_path, 1, tmp_path / "one", tmp_path / "o1", "new", 5, finetune=True, **cfg)[0]
+    one = launch(tmp_path, 1, tmp_path / "one", tmp_path / "o1", "new", 6, finetune=True, **cfg)[0]
     assert any(m["switched"] for m in one["history"]), "the trigger must fire within the run for this test"
-    three = launch(tmp_path, 3, tmp_path / "three", tmp_path / "o3", "new", 5, finetune=True, **cfg)
+    three = launch(tmp_path, 3, tmp_path / "three", tmp_path / "o3", "new", 6, finetune=True, **cfg)
     assert three[0]["train_rows"] == one["train_rows"] // 3 == 4
     launch(tmp_path, 2, tmp_path / "two", tmp_path / "a", "new", 2, **cfg)   # "killed" after epoch 2 ...
-    launch(tmp_path, 2, tmp_path / "two", tmp_path / "b", "resume", 5, finetune=True, **cfg)   # ... and resumed
+    launch(tmp_path, 2, tmp_path / "two", tmp_path / "b", "resume", 6, finetune=True, **cfg)   # ... and resumed
     two = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     for name, many in (("2 processes, resumed", two), ("3 processes", three[0]["history"])):
         diffs = gaps(one["history"], many)

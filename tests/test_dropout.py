@@ -388,3 +388,33 @@ def test_import_does_not_load_plotting_libraries():
     code = ("import sys, awd_edu.dropout; bad = [m for m in ('plotly', 'ipywidgets') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- one batch over several processes (chapter 08g, issue #27): `shard = (r, W)`
+def test_locked_dropout_alone_draws_exactly_the_mask_of_its_own_batch():
+    x = torch.randn(5, 4, 3, dtype=torch.float64)
+    torch.manual_seed(7)
+    expected = x * dropout_mask(x, (1, 4, 3), 0.5)                     # what LockedDropout drew before shards
+    torch.manual_seed(7)
+    ld = LockedDropout(0.5)
+    assert ld.shard == (0, 1) and torch.equal(ld(x), expected)
+
+
+@pytest.mark.parametrize("W", [2, 3])
+def test_locked_dropout_blocks_of_one_stream_make_the_whole_batch_mask(W):
+    x = torch.randn(4, 6, 5, dtype=torch.float64)
+    torch.manual_seed(3)
+    whole = LockedDropout(0.4)(x)
+    k, blocks = 6 // W, []
+    for r in range(W):
+        ld = LockedDropout(0.4)
+        ld.shard = (r, W)
+        torch.manual_seed(3)                                           # the same stream in every process
+        blocks.append(ld(x[:, r * k:(r + 1) * k]))
+    assert torch.equal(torch.cat(blocks, dim=1), whole)
+
+
+@pytest.mark.parametrize("bad", [(2, 2), (-1, 2), (0, 0), (0.0, 1), (True, 2), [0, 1], (0, 1, 2), None])
+def test_locked_dropout_refuses_a_shard_that_is_not_a_rank_of_a_world(bad):
+    with pytest.raises(ValueError, match=r"shard must be \(rank, world_size\)"):
+        LockedDropout(0.5).shard = bad
