@@ -139,9 +139,9 @@ def masks_figure(world_size: int = 2, batch: int = 8, features: int = 6, hidden:
                                                          verdicts)):
         fig.add_annotation(text=f"<b>{label}</b>: U masks {'equal' if same_w else 'differ'}, locked masks "
                                 f"{'equal one process' if same_l else 'differ from one process'}",
-                           x=0, xref="paper", y=1.16 if row == 0 else 0.45, yref="paper", showarrow=False,
-                           xanchor="left", font=dict(size=13))
-    apply_style(fig, height=470, legend="none",
+                           x=0, xref="paper", y=1.09 if row == 0 else 0.47, yref="paper", showarrow=False,
+                           xanchor="left", yanchor="bottom", font=dict(size=13))
+    apply_style(fig, height=520, legend="none",
                 title=f"The masks of one step, {W} processes: blue kept, white dropped (p = {p})")
-    return fig
+    return fig.update_layout(margin_t=130)   # room for the first row's verdict between the title and the panels
 
