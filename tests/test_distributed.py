@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from awd_edu.distributed import Group, share_masks, shard_columns, shared_mean
 from awd_edu.dropout import LockedDropout
