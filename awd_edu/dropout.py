@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import torch
 import torch.nn as nn
@@ -33,12 +32,26 @@ class LockedDropout(nn.Module):
     def __init__(self, p: float = 0.5):  # probability of dropping a feature for a whole sequence, in [0, 1)
         super().__init__()
         self.p = p
+        self.shard = (0, 1)  # (r, W): these B sequences are block r of a batch of W*B split over W processes (08g)
 
     @property
     def p(self) -> float: return self._p
 
     @p.setter
     def p(self, value): self._p = check_p(value, "p", "LockedDropout")
+
+    @property
+    def shard(self) -> tuple:
+        "`(r, W)`: the mask is drawn for all `W * B` sequences of the batch and block `r` is kept; `(0, 1)` alone."
+        return self._shard
+
+    @shard.setter
+    def shard(self, value):
+        r, W = value if isinstance(value, tuple) and len(value) == 2 else (None, None)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (r, W)) or not 0 <= r < W:
+            raise ValueError(f"LockedDropout: shard must be (rank, world_size) with 0 <= rank < world_size, "
+                             f"got {value!r}; (0, 1) is one process")
+        self._shard = (r, W)
 
     def forward(self, x: torch.Tensor,  # activations, time first: (seq_len, batch, features)
                ) -> torch.Tensor:
@@ -50,8 +63,9 @@ class LockedDropout(nn.Module):
         if not self.training or self.p == 0:
             return x
         T, B, F = x.shape
-        mask = dropout_mask(x, (1, B, F), self.p)  # M/(1-p): one coin per (sequence, feature), (1, B, F)
-        return x * mask                             # broadcast over the T time steps
+        r, W = self.shard
+        mask = dropout_mask(x, (1, W * B, F), self.p)  # M/(1-p) for the whole batch: one coin per (sequence, feature)
+        return x * mask[:, r * B:(r + 1) * B]           # this process's block (1, B, F), broadcast over the T steps
 
     def extra_repr(self) -> str: return f"p={self.p}"
 
@@ -59,15 +73,8 @@ class LockedDropout(nn.Module):
 def embedded_dropout(embed: nn.Embedding,  # the embedding layer; its `weight` (V, d) is masked row by row
                      words: torch.Tensor,  # integer word ids, e.g. (seq_len, batch)
                      p: float = 0.1,  # probability of dropping a word type (a row), in [0, 1)
-                     *, dropout: float | None = None,  # deprecated name of `p` (one release), warns
                     ) -> torch.Tensor:
     "Look `words` up in `embed` with whole rows (word types) dropped and the rest scaled by 1/(1-p); plain lookup in eval."
-    if dropout is not None:
-        if p != 0.1 and p != dropout:
-            raise TypeError(f"embedded_dropout: got p={p!r} and its deprecated name dropout={dropout!r}; pass p only")
-        warnings.warn("embedded_dropout(dropout=...) is deprecated and will be removed in the next release; use p=",
-                      DeprecationWarning, stacklevel=2)
-        p = dropout
     p = check_p(p, "p", "embedded_dropout")
     if not isinstance(embed, nn.Embedding):
         raise TypeError(f"embedded_dropout: embed must be an nn.Embedding, got {type(embed).__name__}")

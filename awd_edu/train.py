@@ -26,7 +26,7 @@ from .config import (
     resolve_preset)
 from .data import Corpus, batchify, load_ptb
 from .distributed import (
-    Group, all_sum, barrier, check_same, current_group, evaluate_shared, gather, shard_columns, wrap)
+    Group, all_sum, barrier, check_same, current_group, gather, shard_columns, shared_mean, wrap)
 from .generate import format_words, sample_words
 from .loop import (
     TrainingDiverged, evaluate, lm_loss, perplexity, simple_fit, train_epoch, train_step, unigram_perplexity)
@@ -108,10 +108,10 @@ class Trainer:
     __del__ = close
 
     def _seed(self, seed: int):
-        "Seed torch's generators (weights, dropout masks: a stream per process) and the window-length generator."
-        torch.manual_seed(seed + self.group.rank)
+        "Seed torch's generators (weights, dropout masks: one stream, the same in every process, 08g) and the window lengths'."
+        torch.manual_seed(seed)
         if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(seed + self.group.rank)
+            torch.cuda.manual_seed_all(seed)
         self.generator = torch.Generator().manual_seed(seed)   # the same window lengths in every process
 
     def _sgd(self):
@@ -168,7 +168,7 @@ def evaluate_split(self, split: str = "valid") -> float:
     "Mean cross-entropy on `valid` or `test` with the weights the model holds now."
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    return evaluate_shared(self.model, self.data[split], self.config.bptt, self.group)
+    return shared_mean(lambda s: evaluate(self.model, s, self.config.bptt), self.data[split], self.group)
 
 
 @patch_to(Trainer)
@@ -321,7 +321,7 @@ def _run_stage(self) -> list:
 @patch_to(Trainer)
 def save_checkpoint(self) -> Path:
     "Write this epoch's checkpoint (weights, optimizer, trigger, RNG states, config), verified, then move the pointer."
-    rng = gather(dict(torch_rng=torch.get_rng_state(),   # each process draws its own dropout masks
+    rng = gather(dict(torch_rng=torch.get_rng_state(),   # one mask stream: the same in every process (08g)
                       cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), self.group)
     state = dict(format=2, stage=self.stage, epoch=self.epoch, finished=self.finished, config=self.config.to_dict(),
                  best_val_loss=self.best_val_loss, switched_at=self.switched_at, global_step=self.global_step,
@@ -426,7 +426,7 @@ def test(self) -> dict:
     "Valid (batch `eval_batch_size`) and test (batch `test_batch_size`) loss and perplexity of `best.safetensors`."
     _, _, model = load_best(self.run_dir, str(self.device), self.corpus)
     meta = read_metadata(self.run_dir / "best.safetensors")
-    valid, test = (evaluate_shared(model, self.data[s], self.config.bptt, self.group) for s in ("valid", "test"))
+    valid, test = (shared_mean(lambda d: evaluate(model, d, self.config.bptt), self.data[s], self.group) for s in ("valid", "test"))
     result = dict(stage=meta.get("stage"), epoch=int(meta.get("epoch", 0)), valid_loss=valid,
                   valid_ppl=perplexity(valid), test_loss=test, test_ppl=perplexity(test))
     path = self.run_dir / "results.json"

@@ -42,15 +42,8 @@ class WeightDrop(nn.Module):
                  module: nn.Module,  # the module to wrap, e.g. an nn.LSTM, nn.GRU or nn.RNN
                  weights=("weight_hh_l0",),  # names of the module's parameters to drop (a str for one)
                  p: float = 0.5,  # the probability of dropping each entry, in [0, 1)
-                 *, dropout: float | None = None,  # deprecated name of `p` (one release), warns
                 ):
         super().__init__()
-        if dropout is not None:
-            if p != 0.5 and p != dropout:
-                raise TypeError(f"WeightDrop: got p={p!r} and its deprecated name dropout={dropout!r}; pass p only")
-            warnings.warn("WeightDrop(dropout=...) is deprecated and will be removed in the next release; use p=",
-                          DeprecationWarning, stacklevel=2)
-            p = dropout
         if not isinstance(module, nn.Module):
             raise TypeError(f"WeightDrop: module must be an nn.Module, got {type(module).__name__}")
         if isinstance(weights, str): weights = (weights,)
@@ -86,12 +79,6 @@ class WeightDrop(nn.Module):
     @p.setter
     def p(self, value):
         self._p = check_p(value, "p", "WeightDrop")
-
-    @property
-    def dropout(self) -> float:
-        "Deprecated, read-only: the old name of `p`."
-        warnings.warn("WeightDrop.dropout is deprecated; use WeightDrop.p", DeprecationWarning, stacklevel=2)
-        return self._p
 
     def _check_input(self, args, kwargs):
         m = self.module

@@ -336,18 +336,10 @@ def test_embedded_rejects_bad_p(p):
         embedded_dropout(embed, words, p)
 
 
-def test_embedded_deprecated_dropout_keyword_is_p_and_warns():
+def test_embedded_dropout_has_no_old_dropout_keyword():
     embed, words = make_batch()
-    torch.manual_seed(3)
-    with pytest.warns(DeprecationWarning, match="use p="):
-        old = embedded_dropout(embed, words, dropout=0.5)
-    torch.manual_seed(3)
-    assert torch.equal(old, embedded_dropout(embed, words, p=0.5))     # the same draw as with p
-    assert (old == 0).all(-1).any()                                    # and it did drop
-    with pytest.raises(TypeError, match="pass p only"):
-        embedded_dropout(embed, words, p=0.2, dropout=0.3)
-    with pytest.raises(TypeError):
-        embedded_dropout(embed, words, 0.1, 0.3)                       # the alias is keyword-only
+    with pytest.raises(TypeError, match="dropout"):
+        embedded_dropout(embed, words, dropout=0.5)
 
 
 def test_embedded_positional_p_does_not_warn():
@@ -396,3 +388,33 @@ def test_import_does_not_load_plotting_libraries():
     code = ("import sys, awd_edu.dropout; bad = [m for m in ('plotly', 'ipywidgets') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- one batch over several processes (chapter 08g, issue #27): `shard = (r, W)`
+def test_locked_dropout_alone_draws_exactly_the_mask_of_its_own_batch():
+    x = torch.randn(5, 4, 3, dtype=torch.float64)
+    torch.manual_seed(7)
+    expected = x * dropout_mask(x, (1, 4, 3), 0.5)                     # what LockedDropout drew before shards
+    torch.manual_seed(7)
+    ld = LockedDropout(0.5)
+    assert ld.shard == (0, 1) and torch.equal(ld(x), expected)
+
+
+@pytest.mark.parametrize("W", [2, 3])
+def test_locked_dropout_blocks_of_one_stream_make_the_whole_batch_mask(W):
+    x = torch.randn(4, 6, 5, dtype=torch.float64)
+    torch.manual_seed(3)
+    whole = LockedDropout(0.4)(x)
+    k, blocks = 6 // W, []
+    for r in range(W):
+        ld = LockedDropout(0.4)
+        ld.shard = (r, W)
+        torch.manual_seed(3)                                           # the same stream in every process
+        blocks.append(ld(x[:, r * k:(r + 1) * k]))
+    assert torch.equal(torch.cat(blocks, dim=1), whole)
+
+
+@pytest.mark.parametrize("bad", [(2, 2), (-1, 2), (0, 0), (0.0, 1), (True, 2), [0, 1], (0, 1, 2), None])
+def test_locked_dropout_refuses_a_shard_that_is_not_a_rank_of_a_world(bad):
+    with pytest.raises(ValueError, match=r"shard must be \(rank, world_size\)"):
+        LockedDropout(0.5).shard = bad

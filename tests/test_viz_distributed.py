@@ -45,3 +45,26 @@ def test_a_number_of_processes_that_does_not_divide_the_batch_is_refused():
         sharding_figure(batch_size=10, world_sizes=(1, 3))
     with pytest.raises(ValueError, match="active"):
         sharding_figure(world_sizes=(1, 2), active=2)
+
+
+def test_mask_draws_shared_give_one_process_masks_and_per_process_do_not():
+    from awd_edu.viz.distributed import mask_draws
+    now, before = mask_draws(shared=True, world_size=2), mask_draws(shared=False, world_size=2)
+    assert all(torch.equal(r["weight"], now["one"]["weight"]) for r in now["ranks"])
+    assert torch.equal(torch.cat([r["locked"] for r in now["ranks"]]), now["one"]["locked"])
+    assert not torch.equal(before["ranks"][1]["weight"], before["one"]["weight"])
+    assert not torch.equal(torch.cat([r["locked"] for r in before["ranks"]]), before["one"]["locked"])
+    four = mask_draws(shared=True, world_size=4)
+    assert [tuple(r["locked"].shape) for r in four["ranks"]] == [(2, 6)] * 4
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        mask_draws(shared=True, world_size=3)
+
+
+def test_masks_figure_shows_both_ways_and_says_which_agree():
+    from awd_edu.viz.distributed import masks_figure
+    fig = masks_figure()
+    assert len(fig.data) == 10 and all(set(np.ravel(tr.z)) <= {0, 1} for tr in fig.data)
+    notes = [a.text for a in fig.layout.annotations if a.text.startswith("<b>")]
+    assert notes == ["<b>before: a stream per process</b>: U masks differ, locked masks differ from one process",
+                     "<b>now: one shared stream</b>: U masks equal, locked masks equal one process"]
+    np.testing.assert_array_equal(np.asarray(fig.data[5].z), np.asarray(fig.data[6].z))   # one U mask everywhere

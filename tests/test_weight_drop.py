@@ -373,31 +373,11 @@ def test_p_is_the_third_positional_argument():
     assert wd.p == 0.3
 
 
-# ---- the deprecated name `dropout` (kept for one release)
-def test_deprecated_dropout_keyword_sets_p_and_warns_naming_p():
-    with pytest.warns(DeprecationWarning, match="use p="):
-        wd = WeightDrop(nn.LSTM(6, 10), dropout=0.3)
-    assert wd.p == 0.3
-    wd(torch.randn(3, 2, 6))
-    rate = (wd.last_masks["weight_hh_l0"] == 0).float().mean().item()
-    assert 0.2 < rate < 0.4                                   # 1,600 entries at p = 0.3: the alias really drops
-
-
-def test_deprecated_dropout_keyword_is_validated_and_conflicts_are_refused():
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="p must be in"):
-        WeightDrop(nn.LSTM(6, 10), dropout=1.0)
-    with pytest.raises(TypeError, match="pass p only"):
-        WeightDrop(nn.LSTM(6, 10), p=0.2, dropout=0.3)
-    with pytest.raises(TypeError):
-        WeightDrop(nn.LSTM(6, 10), ("weight_hh_l0",), 0.5, 0.3)  # the alias is keyword-only
-
-
-def test_deprecated_dropout_attribute_reads_p_and_warns():
-    wd = WeightDrop(nn.LSTM(6, 10), p=0.4)
-    with pytest.warns(DeprecationWarning, match="WeightDrop.p"):
-        assert wd.dropout == 0.4
-    with pytest.raises(AttributeError):
-        wd.dropout = 0.1                                      # read-only: set p instead
+# ---- the pre-release name `dropout` is gone (no release shipped it)
+def test_the_old_dropout_keyword_and_attribute_are_gone():
+    with pytest.raises(TypeError, match="dropout"):
+        WeightDrop(nn.LSTM(6, 10), dropout=0.3)
+    assert not hasattr(WeightDrop(nn.LSTM(6, 10), p=0.4), "dropout")
 
 
 def test_p_keyword_does_not_warn():
