@@ -25,6 +25,16 @@ def _same_value(label, value):
     return str(label) == str(value)
 
 
+def _parts(step):
+    "A step's (data changes, layout changes), whatever its method: `update`, `restyle` or `relayout`."
+    args = list(step.args) + [{}, {}]
+    if step.method == "relayout":
+        return {}, dict(args[0] or {})
+    if step.method == "restyle":
+        return dict(args[0] or {}), {}
+    return dict(args[0] or {}), dict(args[1] or {})
+
+
 def check_slider(fig, values, parameter, *, value_in_title=True):
     """Check `fig`'s one slider against the grid `values` of `parameter` (the name its titles use, e.g. "bptt");
     `value_in_title=False` where a step's title states a consequence (a count) rather than the value itself.
@@ -34,10 +44,10 @@ def check_slider(fig, values, parameter, *, value_in_title=True):
     assert len(steps) == len(values), f"{len(steps)} steps for a grid of {len(values)} values"
     assert all(_same_value(s.label, v) for s, v in zip(steps, values)), \
         f"labels {[s.label for s in steps]} are not the grid {list(values)}"
-    layouts = [s.args[1] if len(s.args) > 1 else {} for s in steps]
+    datas, layouts = zip(*(_parts(s) for s in steps))
     assert not any("title" in lay for lay in layouts), "a step sets `title`: plotly.js 4 would erase the styled title"
-    views = {json.dumps([s.args[0], {k: v for k, v in lay.items() if k != "title.text"}], sort_keys=True, default=str)
-             for s, lay in zip(steps, layouts)}
+    views = {json.dumps([d, {k: v for k, v in lay.items() if k != "title.text"}], sort_keys=True, default=str)
+             for d, lay in zip(datas, layouts)}
     assert len(views) == len(steps), "two steps of the slider show the same traces: moving it changes nothing"
     titles = [lay.get("title.text") for lay in layouts]
     assert all(titles) and len(set(titles)) == len(steps), f"the slider does not retitle every step: {titles}"
@@ -46,7 +56,7 @@ def check_slider(fig, values, parameter, *, value_in_title=True):
         assert not value_in_title or str(s.label) in t, f"the title {t!r} does not say {parameter} = {s.label}"
     a = slider.active
     assert fig.layout.title.text == titles[a], "the figure does not open on its active step's title"
-    visible = steps[a].args[0].get("visible") if isinstance(steps[a].args[0], dict) else None
+    visible = datas[a].get("visible")
     if visible is not None:
         assert [tr.visible is not False for tr in fig.data] == [bool(v) for v in visible], \
             "the figure does not open on its active step's traces"
