@@ -88,7 +88,8 @@ if [ "$MODE" = all ]; then
   step "nbdev_test" env OMP_NUM_THREADS=1 "$BIN/nbdev_test" --n_workers 2 --timing
   step pytest "$BIN/python" -m pytest -q
 else
-  step pytest "$BIN/python" -m pytest -q -m "not slow"
+  # the slowest tests are listed at the end: one that takes more than a few seconds belongs under `slow`
+  step pytest "$BIN/python" -m pytest -q -m "not slow" --durations=15
 fi
 
 if [ "${#failed[@]}" -ne 0 ]; then
