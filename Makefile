@@ -2,7 +2,8 @@
 #   make train   installs the project in .venv, fetches Penn Treebank, trains (CPU: a preset that finishes in minutes)
 #   make test    installs the project with its dev tools in .venv, fetches Penn Treebank if it is missing, installs
 #                Chromium for the browser tests if it is missing (apt-get), and runs the whole test suite (what CI runs)
-#   make test-fast   the same without the notebooks and the tests marked slow (the edit loop)
+#   make test-fast   the same without the notebooks and the tests marked slow (the edit loop, a few minutes: no Sphinx
+#                build, no browser, no JupyterLab, no long trainer run on PTB; `make test` runs them all)
 #   make docs    builds the documentation site into docs/_build/html (offline, from the notebooks' saved outputs)
 #   make serve-docs  builds the site and serves it on http://127.0.0.1:8000 (DOCS_PORT=... for another port)
 SHELL := /bin/bash

@@ -16,6 +16,13 @@ def _ptb_folder():
     return ptb_dir()
 
 
+def pytest_collection_modifyitems(items):
+    "A browser test is always slow (Chromium, a server, a built site): `make test-fast` (`-m 'not slow'`) leaves it out."
+    for item in items:
+        if item.get_closest_marker("browser") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ptb_folder():
     "The folder of the real PTB files; tests that need it fail with the loader's own message if it is missing."
@@ -37,3 +44,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+_CORPORA = {}   # resolved PTB folder -> its Corpus, shared by every module that asks for `corpus_once`
+
+
+@pytest.fixture(scope="module")
+def corpus_once(ptb_folder):
+    """Every command loads PTB through `load_ptb` (the trainer's and the run directory's readers'): for the module,
+    each folder is read once per session and the same Corpus is handed back after. Use it with
+    `pytestmark = pytest.mark.usefixtures("corpus_once")` in a module that runs many commands on PTB."""
+    import awd_edu.rundir as R
+    import awd_edu.train as T
+    real = T.load_ptb
+    def load_ptb(path=None, download=False):
+        key = str(Path(path or ptb_folder).resolve())
+        if key not in _CORPORA:
+            _CORPORA[key] = real(path, download)
+        return _CORPORA[key]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "load_ptb", load_ptb)
+        mp.setattr(R, "load_ptb", load_ptb)   # load_best and the other readers load through it too
+        yield

@@ -55,6 +55,7 @@ def test_step_cost_tiny_writes_every_field(tmp_path):
     assert "(a)/(b) =" in printed and "tokens/s" in printed
 
 
+@pytest.mark.slow   # benchmarks/step_cost.py with the profiler in a new interpreter: about 6 CPU-seconds
 def test_step_cost_short_scratch_window_is_compared_side_by_side(tmp_path):
     out = tmp_path / "s.json"
     args = ("--tiny", "--device", "cpu", "--threads", "1", "--reps", "1", "--warmup", "0", "--scratch-bptt", "4",

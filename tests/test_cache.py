@@ -4,14 +4,11 @@ Conventions: position t reads x_t, its key is hiddens[t] (the last layer's raw o
 Position t >= window attends to the stored positions t-window .. t-1 (never to itself); earlier ones use the model.
 """
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import awd_edu.cache
 from awd_edu.cache import (CACHE_PRESETS, NeuralCache, cache_attention, cache_log_p, cache_nll, cache_nll_loop,
                            collect_outputs, evaluate_with_cache, mix_nll, stream_outputs)
 from awd_edu.data import batchify
@@ -298,13 +295,3 @@ def test_stream_shape_errors():
         cache_nll(logits, hiddens, targets, 5, 1.0, 0.1, chunk_size=0)
     with pytest.raises(ValueError, match=r"t must be an int in \[window, T\)"):
         cache_attention(hiddens, 3, 5, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Module hygiene
-
-def test_import_does_not_load_plotly():
-    code = "import sys, awd_edu.cache; assert 'plotly' not in sys.modules and 'ipywidgets' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
-    source = open(awd_edu.cache.__file__, encoding="utf-8").read()
-    assert "plotly" not in source and "ipywidgets" not in source      # the pictures live in awd_edu.viz.cache

@@ -30,22 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800", "--quiet"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for the module
-
-
-@pytest.fixture(autouse=True, scope="module")
-def corpus_once(ptb_folder):
-    "Every command loads PTB through `load_ptb`; load each folder once per module (the same Corpus, read once)."
-    real, loaded = T.load_ptb, {}
-    def load_ptb(path=None, download=False):
-        key = str(Path(path or ptb_folder).resolve())
-        if key not in loaded:
-            loaded[key] = real(path, download)
-        return loaded[key]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "load_ptb", load_ptb)
-        mp.setattr(R, "load_ptb", load_ptb)   # the run directory's readers (load_best) load through it too
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "corpus_once")   # conftest: one torch thread, PTB read once
 
 
 @pytest.fixture(scope="module")

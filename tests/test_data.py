@@ -179,12 +179,6 @@ def test_get_batch_targets_are_inputs_shifted_and_never_run_past_the_end():
         get_batch(source, 0, 0)
 
 
-def test_data_module_does_not_import_plotting_libraries():
-    import subprocess, sys
-    code = "import sys, awd_edu.data; assert 'plotly' not in sys.modules and 'ipywidgets' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 # ------------------------------------------------------------------------------------- downloads, for real, on 127.0.0.1
 class MirrorHandler(SimpleHTTPRequestHandler):
     """Serves `root/good/...` files as they are; `/html/...` answers an HTML error page with status 200;

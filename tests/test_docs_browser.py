@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.browser,
+pytestmark = [pytest.mark.browser, pytest.mark.slow,   # two Sphinx builds of the site, then Chromium: `make test` only
               pytest.mark.filterwarnings("ignore:To exit:UserWarning")]  # a CLI guard run while documenting
 
 ROOT = Path(__file__).resolve().parent.parent

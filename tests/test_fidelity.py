@@ -242,6 +242,7 @@ def check_record(path: Path, args: tuple, sides: tuple, seeds: list, epochs: int
     return rec
 
 
+@pytest.mark.slow   # benchmarks/fidelity.py --tiny: trainer runs on PTB in a new interpreter
 def test_tiny_awd_edu_only(tmp_path, ptb_folder):
     out = tmp_path / "f.json"
     args = ("--tiny", "--seeds", "3", "4", "--work", str(tmp_path / "work"), "--out", str(out))
@@ -306,6 +307,7 @@ json.dump(truth, open(os.path.join(os.environ["FAKE_TRUTH"], f"seed{a.seed}.json
     "FMT_TEST.", repr(FMT_TEST) + ".")
 
 
+@pytest.mark.slow   # benchmarks/fidelity.py --tiny: trainer runs on PTB in a new interpreter
 def test_tiny_with_a_fake_reference_compares_as_defined(tmp_path, ptb_folder):
     ref, truth = tmp_path / "fake-awd-lstm-lm", tmp_path / "truth"
     ref.mkdir()

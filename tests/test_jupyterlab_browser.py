@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]   # a JupyterLab server and Chromium: `make test` only
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"

@@ -1,6 +1,4 @@
 """Chapter 00: the from-scratch LSTM cell and ScratchLSTM equal nn.LSTM (float64, 1e-10)."""
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -193,8 +191,3 @@ def test_invalid_arguments():
         ScratchLSTM.from_torch(nn.LSTM(3, 4, bidirectional=True))
     with pytest.raises(ValueError, match="batch_first=True"):
         ScratchLSTM.from_torch(nn.LSTM(3, 4, batch_first=True))
-
-
-def test_import_does_not_pull_plotly():
-    code = "import sys, awd_edu.lstm; assert 'plotly' not in sys.modules and 'ipywidgets' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,12 +1,9 @@
 """The AWD-LSTM model (chapter 06): sizes, parameter count, tying, dropout on/off, state handling, argument checks."""
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-import awd_edu.model
 from awd_edu.model import AWDLSTM, AWDLSTMOutput, count_parameters, detach_hidden, layer_sizes, parameter_counts
 from awd_edu.weight_drop import WeightDrop
 
@@ -232,14 +229,6 @@ def test_layer_sizes():
     assert layer_sizes(400, 1150, 3) == [(400, 1150), (1150, 1150), (1150, 400)]
     assert layer_sizes(400, 1150, 3, tie_weights=False) == [(400, 1150), (1150, 1150), (1150, 1150)]
     assert layer_sizes(4, 9, 1) == [(4, 4)]
-
-
-def test_module_does_not_import_plotly():
-    code = "import sys, awd_edu.model; print('plotly' in sys.modules, 'ipywidgets' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
-    source = open(awd_edu.model.__file__, encoding="utf-8").read()
-    assert "plotly" not in source and "ipywidgets" not in source      # the diagram lives in awd_edu.viz.model
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

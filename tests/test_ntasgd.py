@@ -1,12 +1,9 @@
 """NT-ASGD (chapter 07): the non-monotonic trigger, the switch to torch.optim.ASGD, and the averaged-weights swap."""
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-import awd_edu.ntasgd
 from awd_edu.ntasgd import NonMonotonicTrigger, averaged_weights, make_asgd, nonmono_condition, trigger_epoch
 
 
@@ -244,15 +241,6 @@ def test_tied_parameter_swapped_once_and_storage_kept():
         assert dec.weight is emb.weight and torch.equal(emb.weight, opt.state[emb.weight]["ax"])
     assert torch.equal(emb.weight, live)
 
-
-# ---- module hygiene ----------------------------------------------------------------------------------------------
-
-def test_module_does_not_import_plotly():
-    code = "import sys, awd_edu.ntasgd; print('plotly' in sys.modules, 'ipywidgets' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
-    source = open(awd_edu.ntasgd.__file__, encoding="utf-8").read()
-    assert "plotly" not in source and "ipywidgets" not in source      # the pictures live in awd_edu.viz.ntasgd
 
 
 def test_multi_tensor_path_used_on_gpu_keeps_the_same_mean():

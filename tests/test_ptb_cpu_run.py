@@ -37,6 +37,7 @@ def runs(tmp_path_factory, ptb_corpus):
     return folder, run, base
 
 
+@pytest.mark.slow   # two trainer runs on PTB (4 + 2 and up to 6 epochs), the cache search, the scoring
 def test_the_record_holds_the_run_its_cache_choice_and_its_weights(runs, ptb_corpus, tmp_path, capsys):
     folder, run, base = runs
     out = tmp_path / "results" / "ptb-cpu-run.json"

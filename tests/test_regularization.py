@@ -1,12 +1,9 @@
 """Tests of awd_edu.regularization: AR and TAR on hand-made tensors, the tensor each one takes, bad arguments."""
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
-import awd_edu.regularization
 from awd_edu.regularization import activation_reg, ar_tar_penalty, temporal_activation_reg, toy_lm_data, train_toy_lm
 
 
@@ -198,10 +195,3 @@ def test_train_toy_lm_alpha_shrinks_beta_smooths(tokens, one_thread):
     again = train_toy_lm(train, valid, 0, 0, steps=40)
     assert again["val_loss"] == base["val_loss"]                   # seeded: a run replays exactly
     assert torch.equal(torch.get_rng_state(), state)               # ... without touching the global generator
-
-
-def test_import_does_not_pull_plotting():
-    code = "import sys, awd_edu.regularization; assert 'plotly' not in sys.modules and 'ipywidgets' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
-    source = open(awd_edu.regularization.__file__, encoding="utf-8").read()
-    assert "plotly" not in source and "ipywidgets" not in source      # the pictures live in awd_edu.viz.regularization

@@ -87,6 +87,15 @@ def test_fast_mode_skips_the_notebooks_and_the_slow_tests(tmp_path):
     assert r.returncode == 0 and "nbdev_test" not in calls and 'python -m pytest -q -m not slow' in calls
 
 
+def test_fast_mode_needs_no_chromium(tmp_path):
+    log = fake_bin(tmp_path / "fake", 0, 0)
+    env = {**stub_path(tmp_path, "exit 100"), "BIN": str(tmp_path / "fake")}   # no Chromium, apt-get fails
+    (tmp_path / "bin" / "bash").symlink_to(shutil.which("bash"))                  # the fake BIN's scripts need it
+    r = subprocess.run(["/bin/bash", str(SCRIPT), "--fast"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Chromium" not in r.stdout + r.stderr, r
+    assert not (tmp_path / "apt.log").exists() and 'python -m pytest -q -m not slow' in log.read_text()
+
+
 # ------------------------------------------------------------------------- Chromium for the browser tests
 def stub_path(tmp_path, apt_get: str) -> dict:
     "An environment whose PATH has no Chromium, only the tools the step needs and a stand-in `apt-get`."

@@ -54,12 +54,14 @@ def tiny_run(ptb_corpus, tmp_path_factory):
     return trainer, history, events, inputs, lrs
 
 
+@pytest.mark.slow   # the whole tiny preset on PTB (tiny_run: 40,000 tokens, 3 epochs)
 def test_the_trainer_computes_exactly_what_the_short_loop_computes(tiny_run, ptb_corpus):
     trainer, history, *_ = tiny_run
     _, short = simple_fit(trainer.config, ptb_corpus)
     assert [m["valid_loss"] for m in history] == short               # bit for bit
 
 
+@pytest.mark.slow   # the whole tiny preset on PTB (tiny_run: 40,000 tokens, 3 epochs)
 def test_tiny_preset_falls_well_below_the_unigram_baseline(tiny_run, ptb_corpus):
     trainer, history, *_ = tiny_run
     cfg = trainer.config
@@ -68,6 +70,7 @@ def test_tiny_preset_falls_well_below_the_unigram_baseline(tiny_run, ptb_corpus)
     assert history[-1]["valid_ppl"] < 0.75 * baseline < history[0]["train_ppl"]
 
 
+@pytest.mark.slow   # the whole tiny preset on PTB (tiny_run: 40,000 tokens, 3 epochs)
 def test_run_directory_metrics_and_events(tiny_run):
     trainer, history, events, *_ = tiny_run
     run = trainer.run_dir
@@ -86,6 +89,7 @@ def test_run_directory_metrics_and_events(tiny_run):
     assert all(e["stage"] == "train" for e in events)
 
 
+@pytest.mark.slow   # the whole tiny preset on PTB (tiny_run: 40,000 tokens, 3 epochs)
 def test_every_step_runs_at_lr_times_seq_len_over_bptt(tiny_run):
     trainer, _, events, inputs, lrs = tiny_run
     cfg = trainer.config
@@ -97,6 +101,7 @@ def test_every_step_runs_at_lr_times_seq_len_over_bptt(tiny_run):
     assert [e["seq_len"] for e in events if e["event"] == "batch"] == inputs
 
 
+@pytest.mark.slow   # the whole tiny preset on PTB (tiny_run: 40,000 tokens, 3 epochs)
 def test_best_weights_give_the_best_valid_loss_and_test_runs_at_batch_1(tiny_run, ptb_corpus):
     trainer, history, *_ = tiny_run
     result = trainer.test()

@@ -5,6 +5,7 @@ import math
 import plotly.graph_objects as go
 import pytest
 import torch
+from slider_checks import check_slider
 
 from awd_edu.cache import cache_nll_loop
 from awd_edu.viz.cache import attention_figure, cache_explorer, ppl_sweep_figure
@@ -36,10 +37,10 @@ def test_attention_bars_by_hand():
     assert list(bars.y) == [0.25] * 4 and list(bars.marker.color) == [HIT, MISS, HIT, MISS]
     assert bars.customdata[-1] == "c a → b"                        # stored position 5: x_4 x_5 → x_6
     assert [tr.name for tr in fig.data[2:]] == ["value = the true next word", "another word"]  # the colour key
-    step = fig.layout.sliders[0].steps[1]
-    assert list(step.args[0]["visible"]) == [False, True, True, True]
-    assert "title" not in step.args[1] and step.args[1]["title.text"].endswith("p_cache = 0.5")
-    assert fig.layout.title.text.startswith("t = 4: next word <b>a</b>")
+    titles = check_slider(fig, ["a", "a"], "t = ", value_in_title=False)   # labelled by the next word, a both times
+    assert "t = 4" in titles[0] and "t = 6" in titles[1] and titles[1].endswith("p_cache = 0.5")
+    for k, step in enumerate(fig.layout.sliders[0].steps):                # its own bars; the colour key stays
+        assert list(step.args[0]["visible"]) == [k == 0, k == 1, True, True]
 
 
 def test_attention_figure_on_a_stream(stream):
@@ -73,13 +74,13 @@ def test_ppl_sweep_figure_matches_the_loop(stream):
     logits, log_p_model, hiddens, targets, _ = stream
     thetas, lambdas = (0.0, 1.0, 3.0), (0.0, 0.2, 0.5)
     fig = ppl_sweep_figure(log_p_model, hiddens, targets, window=40, thetas=thetas, lambdas=lambdas)
-    assert len(fig.data) == 4 and len(fig.layout.sliders[0].steps) == 3 and fig.layout.sliders[0].active == 1
+    assert len(fig.data) == 4
+    check_slider(fig, thetas, "θ")                                      # grid, curve and title move together
     for k, theta in enumerate(thetas):
         for j, lam in enumerate(lambdas):
             assert fig.data[k].y[j] == pytest.approx(loop_ppl(logits, hiddens, targets, 40, theta, lam), rel=1e-9)
-    steps = fig.layout.sliders[0].steps
-    assert list(steps[2].args[0]["visible"]) == [False, False, True, True]
-    assert all("title" not in s.args[1] and "title.text" in s.args[1] for s in steps)
+    for k, step in enumerate(fig.layout.sliders[0].steps):              # its own curve; the model alone stays
+        assert list(step.args[0]["visible"]) == [i == k for i in range(3)] + [True]
     assert fig.layout.width is None and fig.layout.title.x == 0
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from slider_checks import check_slider
 
 from awd_edu.viz.dynamic import ppl_grid_figure, token_gain_figure
 
@@ -22,16 +23,18 @@ def grid():
 def test_one_curve_per_lambda_behind_a_slider_and_the_two_baselines():
     fig = ppl_grid_figure(grid(), static_ppl=100.0, cache_ppl=95.0)
     curves, static, cache = fig.data[:3], fig.data[3], fig.data[4]
-    assert [s.label for s in fig.layout.sliders[0].steps] == ["0", "0.002", "0.02"]   # sorted
-    assert [c.visible for c in curves] == [False, False, True]                        # the largest lambda first
+    titles = check_slider(fig, (0, 0.002, 0.02), "λ")                                  # sorted
+    slider = fig.layout.sliders[0]
+    assert slider.steps[slider.active].label == "0.02"                                # the largest lambda first
+    for k, step in enumerate(slider.steps):                        # each lambda its own curve, both baselines always
+        assert list(step.args[0]["visible"]) == [i == k for i in range(3)] + [True, True]
     assert list(curves[1].x) == [1e-5, 1e-4, 1e-3] and list(curves[1].y) == [99.0, pytest.approx(89.8), 120.0]
     assert curves[0].y[2] is None                                   # inf is not drawn ...
-    step0 = fig.layout.sliders[0].steps[0]
-    assert "1 diverged (not drawn)" in step0.args[1]["title.text"] and "title" not in step0.args[1]   # ... and said
-    assert list(step0.args[0]["visible"]) == [True, False, False, True, True]
+    assert "1 diverged" in titles[0] and not any("diverged" in t for t in titles[1:])  # ... and said, where it is
     assert list(static.y) == [100.0, 100.0] and list(cache.y) == [95.0, 95.0]
     assert fig.layout.xaxis.type == "log"
-    assert fig.layout.title.text.startswith("Perplexity against η, λ = 0.02:<br>best 88.0 at η = 0.0001")
+    # lambda 0.02: 90 - 100 * 0.02 = 88.0, the best, at eta 1e-4
+    assert "88.0" in titles[2] and "0.0001" in titles[2]
 
 
 def test_without_a_cache_there_is_one_baseline():
@@ -52,11 +55,12 @@ def test_gain_bars_are_static_minus_dynamic_with_the_watched_word_in_orange():
     assert list(fig.data[0].y) == [-0.5, 0.0, 0.0, 3.0, 0.0, 4.0]
     assert list(fig.data[0].marker.color) == [PLAIN, MARK, PLAIN, MARK, PLAIN, MARK]
     assert list(fig.data[1].x) == ["2: c", "3: b", "4: d"] and list(fig.data[1].y) == [0.0, 3.0, 0.0]
-    assert [tr.visible for tr in fig.data[:2]] == [True, False]
-    assert fig.layout.title.text == "Gain per word, words 0-5: +6.5 nats in all<br>+7.0 of them on the 3 orange"
-    step = fig.layout.sliders[0].steps[1]
-    assert step.label == "b" and step.args[1]["title.text"].startswith("Gain per word, words 2-4: +3.0 nats")
-    assert list(step.args[0]["visible"]) == [False, True, True, True]              # the colour key stays
+    titles = check_slider(fig, ("b", "b"), "words", value_in_title=False)         # labelled by the watched word
+    # words 0-5: -0.5 + 3 + 4 = +6.5 nats in all, 0 + 3 + 4 = +7.0 on the 3 orange b; words 2-4: +3.0 on 1 b
+    assert all(s in titles[0] for s in ("0-5", "+6.5", "+7.0", "3 orange"))
+    assert all(s in titles[1] for s in ("2-4", "+3.0", "1 orange"))
+    for k, step in enumerate(fig.layout.sliders[0].steps):                         # its own bars; the colour key stays
+        assert list(step.args[0]["visible"]) == [k == 0, k == 1, True, True]
 
 
 @pytest.mark.parametrize("stretches", [[], [(3, 3)], [(0, 7)], [(-1, 2)]])

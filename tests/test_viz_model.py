@@ -1,4 +1,6 @@
 """The architecture diagram of chapter 06 (awd_edu.viz.model). Parameter counts are worked out by hand in comments."""
+from slider_checks import check_slider
+
 from awd_edu.viz.model import architecture_explorer, architecture_figure
 
 
@@ -28,11 +30,12 @@ def test_the_ptb_diagram_shows_the_ptb_model():
 
 def test_slider_steps_change_layers_and_keep_the_title_styled():
     fig = architecture_figure(n_layers_options=(1, 2, 3))
-    steps = fig.layout.sliders[0].steps
-    assert [s.label for s in steps] == ["1", "2", "3"] and fig.layout.sliders[0].active == 2
+    check_slider(fig, (1, 2, 3), "layer")                       # grid, diagram and title move together
+    slider = fig.layout.sliders[0]
+    steps = slider.steps
+    assert steps[slider.active].label == "3"                    # it opens on the default, the paper's 3 layers
+    assert [_lstm_boxes(s.args[0]["annotations"]) for s in steps] == [1, 2, 3]
     one = steps[0].args[0]
-    assert "title" not in one                                   # a plain `title` would erase the styled title
-    assert _lstm_boxes(one["annotations"]) == 1
     # one tied layer 400 -> 400: 4,000,000 + 4*400*800 + 8*400 (1,283,200) + 10,000 = 5,293,200
     assert "5,293,200 parameters" in one["title.text"]
 

@@ -2,6 +2,7 @@
 asking the trigger: the rule (the paper's code) switches on the first epoch t with more than n earlier epochs whose
 loss is greater than the minimum over the epochs before the last n."""
 import pytest
+from slider_checks import check_slider
 
 from awd_edu.viz.ntasgd import ntasgd_run_figure, trigger_explorer, trigger_figure, trigger_thresholds
 
@@ -31,15 +32,15 @@ def test_twin_marks_the_hand_worked_epochs():
 
 def test_twin_slider_keeps_the_title_and_has_a_second_readout():
     fig = trigger_figure(CURVE, nonmonos=list(BY_HAND), nonmono=2)
-    steps = fig.layout.sliders[0].steps
-    assert [s.label for s in steps] == ["1", "2", "5", "8"] and fig.layout.sliders[0].active == 1
+    check_slider(fig, list(BY_HAND), "nonmono")             # grid, crosses and title move together
+    slider = fig.layout.sliders[0]
+    steps = slider.steps
+    assert steps[slider.active].label == "2"                # it opens on the window asked for
     for s, n in zip(steps, BY_HAND):
         layout = s.args[1]
-        assert "title" not in layout                        # a plain `title` erases the title on the site
         verdict = f"nonmono = {n}: fires at epoch {BY_HAND[n]}" if BY_HAND[n] else f"nonmono = {n}: never fires in 12 epochs"
         assert layout["title.text"].endswith(verdict) and layout["annotations[0].text"] == verdict
-    assert list(steps[3].args[0]["visible"]) == [True] + [False] * 6 + [True, True]
-    assert fig.layout.annotations[0].text == "nonmono = 2: fires at epoch 7"
+    assert fig.layout.annotations[0].text == steps[slider.active].args[1]["annotations[0].text"]   # opens on it
     assert fig.layout.width is None and fig.layout.title.x == 0    # apply_style's layout
 
 

@@ -31,9 +31,12 @@ from execnb.nbio import nb2dict
 from fastcore.basics import AttrDict
 from IPython.core.formatters import format_display_data
 from nbdev.config import create_output
-from nbdev.process import NBProcessor, extract_directives, first_code_ln
+from nbdev.process import NBProcessor
 from nbdev.processors import FilterDefaults, exec_show_docs
 from nbdev.showdoc import show_doc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cell_directives import split_directives  # noqa: E402  tools/: the one reading of `#|` lines (tests use docs.split_directives)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -122,12 +125,6 @@ def process(path: Path, module: str | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- step 2: the adapter
-def split_directives(source: str) -> tuple[dict, str]:
-    "A code cell's leading `#|` lines as nbdev reads them (`{'echo:': ['false'], 'gpu': []}`), and the code after them."
-    lines, start = source.splitlines(True), first_code_ln(source.splitlines(True))
-    return extract_directives(AttrDict(source=source), remove=False), "".join(lines[start:] if start is not None else [])
-
-
 def cell_tags(directives: dict) -> list[str]:
     "myst-nb tags for a code cell's Quarto options and flags (`gpu`: GPU-only, not run; `solution`: an exercise's answer)."
     opt = {k.rstrip(":"): " ".join(v).strip("'\"").lower() for k, v in directives.items()}

@@ -6,13 +6,17 @@ their plain-text output. `--check` exits 1 when README.md differs from what the 
 import argparse, json, sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cell_directives import option, split_directives   # noqa: E402  tools/: the one reading of `#|` lines
+
 root = Path(__file__).resolve().parent.parent
 HEADER = "<!-- Made from nbs/index.ipynb by tools/make_readme.py: edit the notebook, not this file. -->\n\n"
 
 
-def _hidden(src):
-    first = [l.strip().replace(" ", "") for l in src.splitlines() if l.strip().startswith("#|")]
-    return any(d in ("#|hide", "#|exporti", "#|export", "#|echo:false", "#|include:false") for d in first)
+def _hidden(directives):
+    "Is a cell with these directives left out of the README (nbdev hides it from the docs too)?"
+    return (bool({"hide", "exporti", "export"} & directives.keys()) or option(directives, "echo") == "false"
+            or option(directives, "include") == "false")
 
 
 def _text_output(cell):
@@ -32,8 +36,8 @@ def render(nb_path=root / "nbs" / "index.ipynb"):
         src = "".join(cell["source"])
         if cell["cell_type"] == "markdown":
             parts.append(src.strip() + "\n\n")
-        elif cell["cell_type"] == "code" and src.strip() and not _hidden(src):
-            code = "\n".join(l for l in src.splitlines() if not l.strip().startswith("#|"))
+        elif cell["cell_type"] == "code" and src.strip() and not _hidden(split_directives(src)[0]):
+            code = split_directives(src)[1]
             parts.append(f"```python\n{code.strip()}\n```\n\n")
             text = _text_output(cell)
             if text:

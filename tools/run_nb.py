@@ -13,36 +13,23 @@ Then `nbdev_clean` and `nbdev_export`, as CONTRIBUTING.md says.
 import argparse
 import configparser
 import copy
+import sys
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cell_directives import directives, option   # noqa: E402  tools/: the one reading of `#|` lines
+
 ROOT = Path(__file__).resolve().parent.parent
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
-def cell_flags(source: str) -> set:
-    "The nbdev flags (`#| slow`, `#| gpu`, ...) on a cell's leading directive lines."
-    flags = set()
-    for line in source.splitlines():
-        s = line.strip()
-        if not s.startswith("#|"):
-            break
-        flags.update(s[2:].split())
-    return flags
-
-
-def no_eval(source: str) -> bool:
-    "Is the cell marked `#| eval: false` (nbdev_test skips it)?"
-    for line in source.splitlines():
-        s = line.strip()
-        if not s.startswith("#|"):
-            return False
-        key, _, value = s[2:].strip().partition(":")
-        if key.strip() == "eval" and value.strip().lower() == "false":
-            return True
-    return False
+def skipped_by_nbdev_test(source: str, skip: set) -> bool:
+    "Would `nbdev_test` skip this code cell: a flag in `skip` among its directives, or `#| eval: false`?"
+    d = directives(source)
+    return bool(skip & d.keys()) or option(d, "eval") == "false"
 
 
 def run_notebook(path, force_flags=(), timeout=1800) -> list:
@@ -54,7 +41,7 @@ def run_notebook(path, force_flags=(), timeout=1800) -> list:
     nb.metadata["kernelspec"] = KERNELSPEC
     run = copy.deepcopy(nb)
     skipped = [i for i, c in enumerate(run.cells)
-               if c.cell_type == "code" and (cell_flags(c.source) & skip or no_eval(c.source))]
+               if c.cell_type == "code" and skipped_by_nbdev_test(c.source, skip)]
     for i in skipped:
         run.cells[i].source = "pass"
     NotebookClient(run, timeout=timeout, kernel_name="python3", store_widget_state=False,

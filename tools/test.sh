@@ -3,7 +3,8 @@
 # notebooks, the notebooks are clean, the notebooks run, the tests pass.
 #
 #   tools/test.sh              everything (`make test`, what CI runs)
-#   tools/test.sh --fast       the data, the sync checks and `pytest -m "not slow"`: no notebooks (`make test-fast`)
+#   tools/test.sh --fast       the data, the sync checks and `pytest -m "not slow"`: no notebooks, no Sphinx build,
+#                              no browser, no long trainer run on PTB (`make test-fast`, the edit loop: a few minutes)
 #   tools/test.sh --data-only  only the first step: make sure Penn Treebank is there
 #   tools/test.sh --browser-only  only make sure Chromium is there for the browser tests
 #
@@ -13,7 +14,10 @@
 # (space-separated URLs) replaces the default mirrors; AWD_EDU_DOWNLOAD_TIMEOUT (seconds, default 15) is how long
 # a silent mirror is waited for.
 #
-# The browser tests (tests/test_*_browser.py) drive Debian's Chromium through Playwright. When it is missing, it is
+# What is slow (pyproject.toml's `slow` marker): the Sphinx builds and the browser tests, JupyterLab, trainer runs on
+# PTB beyond a few thousand tokens, the benchmark scripts. `make test` runs every test; nothing is skipped there.
+#
+# The browser tests (tests/test_*_browser.py, slow) drive Debian's Chromium through Playwright. When it is missing, it is
 # installed with apt-get (as root, or through `sudo -n`), as on a fresh machine or in CI; when that is not possible the
 # script says so loudly and fails at the end (the browser tests fail too), never silently.
 #
@@ -75,7 +79,7 @@ step() {   # step NAME COMMAND...: run it, remember a failure, go on
   if [ "$rc" -ne 0 ]; then failed+=("$name (exit status $rc)"); fi
 }
 
-step "Chromium for the browser tests" browser
+if [ "$MODE" = all ]; then step "Chromium for the browser tests" browser; fi   # --fast runs no browser test
 step "awd_edu/ in sync with nbs/, notebooks clean" "$BIN/python" tools/check_sync.py
 step "README.md in step with nbs/index.ipynb" "$BIN/python" tools/make_readme.py --check
 if [ "$MODE" = all ]; then
@@ -84,7 +88,8 @@ if [ "$MODE" = all ]; then
   step "nbdev_test" env OMP_NUM_THREADS=1 "$BIN/nbdev_test" --n_workers 2 --timing
   step pytest "$BIN/python" -m pytest -q
 else
-  step pytest "$BIN/python" -m pytest -q -m "not slow"
+  # the slowest tests are listed at the end: one that takes more than a few seconds belongs under `slow`
+  step pytest "$BIN/python" -m pytest -q -m "not slow" --durations=15
 fi
 
 if [ "${#failed[@]}" -ne 0 ]; then
