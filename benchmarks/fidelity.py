@@ -64,7 +64,8 @@ class PatchError(RuntimeError):
     "A patch site of the reference code was not found exactly once: the checkout is not the expected code."
 
 
-# (file, what it fixes, regex of the site, replacement). Each regex must match exactly once (REFERENCE.md lists why).
+# (file, what it fixes, regex of the site, replacement). Each regex must match exactly once in
+# salesforce/awd-lstm-lm; the second field says why each patch is needed on PyTorch 2.x.
 PATCHES = (
     ("main.py", "torch.load of the cached corpus: weights_only=False (the default is True since torch 2.6)",
      r"corpus = torch\.load\(fn\)", "corpus = torch.load(fn, weights_only=False)"),

@@ -5,8 +5,6 @@ deliberately wrong implementation (a mask redrawn at each time step, a missing 1
 instead of a row, the reference code's padding_idx=-1) to prove the checker would catch that fault.
 """
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -383,12 +381,6 @@ def test_gradient_check_catches_the_padding_idx_quirk():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-
-def test_import_does_not_load_plotting_libraries():
-    code = ("import sys, awd_edu.dropout; bad = [m for m in ('plotly', 'ipywidgets') if m in sys.modules]; "
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
 
 # ---- one batch over several processes (chapter 08g, issue #27): `shard = (r, W)`
 def test_locked_dropout_alone_draws_exactly_the_mask_of_its_own_batch():

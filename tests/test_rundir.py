@@ -16,7 +16,6 @@ import torch
 
 import awd_edu.checkpoint as ckpt
 import awd_edu.messages as messages
-import awd_edu.rundir as R
 import awd_edu.train as T
 from awd_edu.cli import main
 
