@@ -22,8 +22,8 @@ import awd_edu.checkpoint as ckpt
 import awd_edu.cli as cli
 import awd_edu.loop as loop
 import awd_edu.rundir as R
-import awd_edu.train as T
 from awd_edu.cli import main
+from awd_edu.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800", "--quiet"]
@@ -35,14 +35,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch threa
 @pytest.fixture(autouse=True, scope="module")
 def corpus_once(ptb_folder):
     "Every command loads PTB through `load_ptb`; load each folder once per module (the same Corpus, read once)."
-    real, loaded = T.load_ptb, {}
+    real, loaded = R.load_ptb, {}
     def load_ptb(path=None, download=False):
         key = str(Path(path or ptb_folder).resolve())
         if key not in loaded:
             loaded[key] = real(path, download)
         return loaded[key]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "load_ptb", load_ptb)
         mp.setattr(R, "load_ptb", load_ptb)   # the run directory's readers (load_best) load through it too
         yield
 
@@ -314,7 +313,7 @@ def test_finetune_refuses_unfinished_training_unless_told(run, capsys):
         assert snapshot(run) == before   # finetune_epochs was not written
     assert main(["finetune", str(run), "--allow-unfinished", "--epochs", "1", "--quiet", "--no-report"]) == 0
     assert "note: training stopped after epoch 2 of 3" in capsys.readouterr().out
-    assert T.TrainConfig.load(config).finetune_epochs == 1
+    assert TrainConfig.load(config).finetune_epochs == 1
     assert [m["stage"] for m in ckpt.read_metrics(run)] == ["train", "train", "finetune"]
 
 
@@ -369,7 +368,7 @@ def test_an_old_run_directory_still_resumes_and_finetunes(run, capsys):
     assert main(["resume", str(run), "--epochs", "3", "--quiet", "--no-report"]) == 0
     assert "after epoch 2" in capsys.readouterr().out
     assert [m["epoch"] for m in ckpt.read_metrics(run)] == [1, 2, 3]
-    assert T.TrainConfig.load(run / "config.json").epochs == 3
+    assert TrainConfig.load(run / "config.json").epochs == 3
     assert main(["finetune", str(run), "--epochs", "1", "--quiet", "--no-report"]) == 0
     assert [m["stage"] for m in ckpt.read_metrics(run)][-1] == "finetune"
 
