@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 from .checkpoint import atomic_write_text, has_checkpoint
-from .config import CONFIG_FIELDS, TrainConfig
+from .config import TrainConfig
 from .data import Corpus
 from .model import count_parameters
 from .ntasgd import NonMonotonicTrigger
-from .train import RESUMABLE, Trainer
+from .rundir import RESUMABLE
+from .train import Trainer
 
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER_TABLE', 'PAPER_CACHE', 'NO_NTASGD_LR_DROP', 'ABLATIONS', 'REGIME', 'MINI', 'EPOCH_KEYS', 'T_95',
@@ -158,7 +159,7 @@ class LrDropTrainer(Trainer):
 # %% ../nbs/08f_ablations.ipynb #dde35c0e
 def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
     "Whether two configs describe the same run (a resume may change only the `RESUMABLE` settings)."
-    return all(getattr(a, k) == getattr(b, k) for k in CONFIG_FIELDS if k not in RESUMABLE)
+    return not a.differences(b, ignore=RESUMABLE)
 
 
 def _read_results(run_dir: Path) -> dict:

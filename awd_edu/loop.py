@@ -117,7 +117,7 @@ class TrainingDiverged(RuntimeError):
 
 def perplexity(loss: float) -> float:
     "exp(`loss`), or infinity when that overflows (a diverged loss), never an error."
-    return math.exp(loss) if loss < 709 else math.inf
+    return math.exp(loss) if loss < 709 else math.inf   # exp overflows a float64 above 709.78
 
 
 def divergence_bound(vocab_size: int) -> float:

@@ -24,11 +24,12 @@ from .config import TrainConfig, build_model, make_splits, resolve_device
 from .data import Corpus
 from .distributed import (
     Group, all_sum, barrier, check_same, current_group, evaluate_shared, gather, shard_columns, wrap)
-from .loop import TrainingDiverged, perplexity, train_epoch
+from .bptt import seq_len_pmf
+from .loop import TrainingDiverged, divergence_bound, perplexity, train_epoch
 from .model import count_parameters
 from .ntasgd import NonMonotonicTrigger, averaged_weights, make_asgd
 from .rundir import (
-    RESUMABLE, check_config_unchanged, check_new_run_dir, finetune_best, hold_run_dir, keep_training_best, load_best,
+    RESUMABLE, check_config_unchanged, check_new_run_dir, check_run_dir, finetune_best, hold_run_dir, keep_training_best, load_best,
     load_corpus, publish_best)
 
 # %% auto #0
@@ -39,8 +40,8 @@ STAGES = ("train", "finetune")
 
 
 def expected_batches(n_rows: int, bptt: int, variable: bool = True) -> int:
-    "About how many windows an epoch of `n_rows` rows has (the lengths are random: mean about 0.975 bptt - 0.5)."
-    mean = 0.975 * bptt - 0.5 if variable else bptt
+    "About how many windows an epoch of `n_rows` rows has: the rows over the mean window length (`seq_len_pmf`'s)."
+    mean = sum(k * p for k, p in seq_len_pmf(bptt).items()) if variable else bptt
     return max(1, round((n_rows - 1) / max(mean, 1)))
 
 # %% ../nbs/08d_train.ipynb #b801a7a6
@@ -180,7 +181,7 @@ def _validate(self, e: int) -> tuple:
     "Validation loss of epoch `e` (averaged weights under ASGD); saves `best.safetensors` on improvement. `(loss, improved)`."
     with averaged_weights(self.model, self.optimizer):   # a no-op under SGD
         val_loss = self.evaluate_split("valid")
-        if not math.isfinite(val_loss) or val_loss > 3 * math.log(self.vocab_size):
+        if not math.isfinite(val_loss) or val_loss > divergence_bound(self.vocab_size):
             raise TrainingDiverged(self._diverged_message(e, f"the validation loss is {val_loss:.4g}"))
         improved = val_loss < self.best_val_loss
         if improved:
@@ -324,7 +325,7 @@ def save_checkpoint(self) -> Path:
                  optimizer_name=self.optimizer_name, optimizer=self.optimizer.state_dict(),
                  trigger=self.trigger.state_dict(), **rng[0], ranks=rng, world_size=self.group.world_size,
                  generator=self.generator.get_state(), vocab_sha256=self.expect["awd_edu.vocab_sha256"])
-    pointer = self.run_dir / "checkpoints" / f"{self.stage}-latest.json"
+    pointer = ckpt.pointer_path(self.run_dir, self.stage)
     if self.group.is_main:
         ckpt.save_checkpoint(self.run_dir, self.stage, self.epoch, self.model, state, self.expect, self.finished)
     barrier(self.group)   # no process goes on before the checkpoint is on disk
@@ -372,7 +373,7 @@ def load_checkpoint(self, stage: str | None = None,  # default: fine-tuning if i
 
 
 def _has_stage(run_dir, stage: str) -> bool:
-    return (Path(run_dir) / "checkpoints" / f"{stage}-latest.json").is_file()
+    return ckpt.pointer_path(run_dir, stage).is_file()
 
 # %% ../nbs/08d_train.ipynb #c53c1a61
 @patch_method(Trainer)
@@ -386,10 +387,7 @@ def resume(cls, run_dir,  # a run directory made by `Trainer` or `awd-edu train`
            **changes,  # settings a resume may change: epochs, finetune_epochs, device, data_dir
           ) -> Trainer:
     "A trainer in the state of the last checkpoint of `run_dir`, ready to go on with `fit()` or `finetune()`."
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
-                                f"`awd-edu train --run-dir DIR`")
+    run_dir = check_run_dir(run_dir)
     lock = hold_run_dir(run_dir, group if group is not None else current_group())   # before reading anything
     try:
         return _resume(cls, run_dir, corpus, callbacks, progress, from_previous, group, changes)

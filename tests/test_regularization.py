@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import awd_edu.regularization
-from awd_edu.regularization import activation_reg, ar_tar_penalty, temporal_activation_reg, toy_lm_data, train_toy_lm
+from awd_edu.regularization import activation_reg, ar_tar_penalty, temporal_activation_reg
+from awd_edu.viz.regularization import toy_lm_data, train_toy_lm
 
 
 def t(values):
