@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .checks import check_int, check_number
 from .checkpoint import atomic_write_text, has_checkpoint
 from .config import TrainConfig
 from .data import Corpus
@@ -170,9 +171,7 @@ def _read_results(run_dir: Path) -> dict:
 def _check_lr_drop(lr_drop, config: TrainConfig):
     if lr_drop is None:
         return
-    if isinstance(lr_drop, bool) or not isinstance(lr_drop, (int, float)) or not lr_drop > 1:
-        raise ValueError(f"run_ablation: lr_drop must be a number > 1 (the learning rate is divided by it) or None, "
-                         f"got {lr_drop!r}")
+    check_number(lr_drop, "lr_drop", 1, above=True, fn="run_ablation", hint="the learning rate is divided by it; or None")
     if config.optimizer != "sgd":
         raise ValueError(f"run_ablation: lr_drop lowers the rate of plain SGD; this config has "
                          f"optimizer={config.optimizer!r}: set optimizer='sgd' or pass lr_drop=None")
@@ -231,8 +230,7 @@ T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 def t_critical(df: int) -> float:
     "The two-sided 95% critical value of Student's t with `df` degrees of freedom: `T_95` up to 30, a Cornish-Fisher expansion beyond."
-    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
-        raise ValueError(f"t_critical: df must be an int >= 1 (seeds - 1), got {df!r}")
+    check_int(df, "df", 1, fn="t_critical", hint="seeds - 1")
     if df <= len(T_95):
         return T_95[df - 1]
     z = 1.959964   # the normal quantile; the two terms below correct it for df degrees of freedom

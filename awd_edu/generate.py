@@ -5,17 +5,16 @@
 # %% ../nbs/08e_generate.ipynb #cb4ff835
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .checks import check_int, check_number
 
 # %% auto #0
 __all__ = ['temperature_softmax', 'next_word_logits', 'sample_words', 'format_words']
 
 # %% ../nbs/08e_generate.ipynb #47747285
 def _check_temperature(temperature, caller: str):
-    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
-        raise ValueError(f"{caller}: temperature must be a number > 0, got {temperature!r}")
+    check_number(temperature, "temperature", 0, above=True, fn=caller)
 
 
 def _prompt_ids(vocab, prompt: str, caller: str) -> list:
@@ -61,8 +60,7 @@ def sample_words(model,  # a trained `AWDLSTM`
                  seed: int | None = None,  # makes the draw reproducible
                 ) -> list:
     "Draw `n_words` words from `model` after `prompt`, each from softmax(logits / temperature)."
-    if isinstance(n_words, bool) or not isinstance(n_words, int) or n_words < 1:
-        raise ValueError(f"sample_words: n_words must be an int >= 1, got {n_words!r}")
+    check_int(n_words, "n_words", 1, fn="sample_words")
     _check_temperature(temperature, "sample_words")
     ids = _prompt_ids(vocab, prompt, "sample_words")
     device = next(model.parameters()).device

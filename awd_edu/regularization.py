@@ -5,21 +5,14 @@
 # %% ../nbs/05_regularization.ipynb #3179ab90
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
+
+from .checks import check_number
 
 # %% auto #0
 __all__ = ['activation_reg', 'temporal_activation_reg', 'ar_tar_penalty']
 
 # %% ../nbs/05_regularization.ipynb #8270e2a2
-def _check_coef(name: str, value, fn: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < math.inf:
-        raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 def _check_time_first(h, fn: str, name: str = "h"):
     if not isinstance(h, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(h).__name__}")
@@ -34,7 +27,7 @@ def activation_reg(h: torch.Tensor,  # final layer's output AFTER its dropout, `
                    alpha: float,  # AR coefficient (2 on PTB); 0 switches AR off
                   ) -> torch.Tensor:
     "AR: `alpha * h.pow(2).mean()`, a scalar tensor; exactly zero (nothing computed) when `alpha` is 0."
-    alpha = _check_coef("alpha", alpha, "activation_reg")
+    alpha = check_number(alpha, "alpha", 0, fn="activation_reg")
     _check_time_first(h, "activation_reg")
     if alpha == 0:
         return h.new_zeros(())
@@ -45,7 +38,7 @@ def temporal_activation_reg(h: torch.Tensor,  # final layer's RAW output (before
                             beta: float,  # TAR coefficient (1 on PTB); 0 switches TAR off
                            ) -> torch.Tensor:
     "TAR: `beta * (h[1:] - h[:-1]).pow(2).mean()` over time (dim 0), a scalar tensor; zero for one step or `beta` 0."
-    beta = _check_coef("beta", beta, "temporal_activation_reg")
+    beta = check_number(beta, "beta", 0, fn="temporal_activation_reg")
     _check_time_first(h, "temporal_activation_reg")
     if beta == 0 or h.shape[0] < 2:  # one step has no change to penalise (and the mean of nothing would be nan)
         return h.new_zeros(())

@@ -135,7 +135,7 @@ def test_tar_on_dropped_output_would_measure_the_mask():
 @pytest.mark.parametrize("fn, name", [(activation_reg, "alpha"), (temporal_activation_reg, "beta")])
 @pytest.mark.parametrize("coef", [-0.1, -1, float("nan"), float("inf"), "2", True, None])
 def test_bad_coefficients(fn, name, coef):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError if type(coef) in (int, float) else TypeError, match=name):
         fn(torch.randn(3, 2, 2), coef)
 
 
