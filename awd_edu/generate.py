@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .checks import check_int, check_number
+from .model import eval_mode
 
 # %% auto #0
 __all__ = ['temperature_softmax', 'next_word_logits', 'sample_words', 'format_words']
@@ -42,13 +43,9 @@ def next_word_logits(model,  # an `AWDLSTM`
                     ) -> torch.Tensor:
     "The model's scores for the word after `prompt`, `(V,)` float64 on the CPU (evaluation mode: no dropout)."
     ids = _prompt_ids(vocab, prompt, "next_word_logits")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x = torch.tensor(ids, device=next(model.parameters()).device).view(-1, 1)   # (T, 1) ids
         return model(x).logits[-1, 0].double().cpu()                                # (V,)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -65,9 +62,7 @@ def sample_words(model,  # a trained `AWDLSTM`
     ids = _prompt_ids(vocab, prompt, "sample_words")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x, hidden, out = torch.tensor(ids, device=device).view(-1, 1), None, []
         for _ in range(n_words):
             res = model(x, hidden)                    # x: (T, 1) ids
@@ -76,8 +71,6 @@ def sample_words(model,  # a trained `AWDLSTM`
             word = int(torch.multinomial(probs, 1, generator=generator))
             out.append(vocab.itos[word])
             x = torch.tensor([[word]], device=device)
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -5,6 +5,7 @@
 # %% ../nbs/06_model.ipynb #0db2cb05
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -15,7 +16,8 @@ from .dropout import LockedDropout, embedded_dropout
 from .weight_drop import WeightDrop, check_p
 
 # %% auto #0
-__all__ = ['layer_sizes', 'lstm_params', 'parameter_counts', 'count_parameters', 'AWDLSTMOutput', 'detach_hidden', 'AWDLSTM']
+__all__ = ['layer_sizes', 'lstm_params', 'parameter_counts', 'count_parameters', 'AWDLSTMOutput', 'detach_hidden', 'eval_mode',
+           'AWDLSTM']
 
 # %% ../nbs/06_model.ipynb #927440fa
 def layer_sizes(emb_size: int,  # d, the embedding size
@@ -67,6 +69,17 @@ def detach_hidden(hidden):
 
 
 
+
+# %% ../nbs/06_model.ipynb #3ccd698d
+@contextmanager
+def eval_mode(model: nn.Module):
+    "Evaluation mode (dropout off) for the block, then the mode `model` had before, even if the block raises."
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 # %% ../nbs/06_model.ipynb #7618b4d0
 class AWDLSTM(nn.Module):
