@@ -341,16 +341,15 @@ def regime_checks(runs: list) -> dict:
 STUDY_FILE = Path("benchmarks") / "results" / "ablations-cpu.json"  # the recorded study, from the repository root
 
 
-def load_study(path=None,  # the study's JSON; None: `STUDY_FILE` found from the working folder or its parents
+def load_study(path=None,  # the study's JSON; None: `STUDY_FILE` in the repository that holds this package
               ) -> dict:
     "The record `benchmarks/ablations.py` wrote: runs, per-variant summary, paper table, machine and command."
-    if path is None:
-        here = Path.cwd().resolve()
-        found = [p / STUDY_FILE for p in (here, *here.parents) if (p / STUDY_FILE).is_file()]
-        if not found:
-            raise FileNotFoundError(f"no {STUDY_FILE} in {here} or its parents: run benchmarks/ablations.py from a "
-                                    f"clone of the repository, or pass the JSON's path")
-        path = found[0]
+    if path is None:   # the package's own location, never the working folder: the same file from any folder
+        import awd_edu   # (a notebook has no __file__; the package knows where it is)
+        path = Path(awd_edu.__file__).resolve().parent.parent / STUDY_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path}: this copy of awd_edu is not a clone of the repository; pass the "
+                                    f"JSON's path (benchmarks/ablations.py writes it)")
     return _upgrade(json.loads(Path(path).read_text()))
 
 
