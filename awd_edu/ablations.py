@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .checks import check_int, check_number
 from .checkpoint import atomic_write_text, has_checkpoint
-from .config import CONFIG_FIELDS, TrainConfig
+from .config import TrainConfig
 from .data import Corpus
 from .model import count_parameters
 from .ntasgd import NonMonotonicTrigger
-from .train import RESUMABLE, Trainer
+from .rundir import RESUMABLE
+from .train import Trainer
 
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER_TABLE', 'PAPER_CACHE', 'NO_NTASGD_LR_DROP', 'ABLATIONS', 'REGIME', 'MINI', 'EPOCH_KEYS', 'T_95',
@@ -158,7 +160,7 @@ class LrDropTrainer(Trainer):
 # %% ../nbs/08f_ablations.ipynb #dde35c0e
 def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
     "Whether two configs describe the same run (a resume may change only the `RESUMABLE` settings)."
-    return all(getattr(a, k) == getattr(b, k) for k in CONFIG_FIELDS if k not in RESUMABLE)
+    return not a.differences(b, ignore=RESUMABLE)
 
 
 def _read_results(run_dir: Path) -> dict:
@@ -169,9 +171,7 @@ def _read_results(run_dir: Path) -> dict:
 def _check_lr_drop(lr_drop, config: TrainConfig):
     if lr_drop is None:
         return
-    if isinstance(lr_drop, bool) or not isinstance(lr_drop, (int, float)) or not lr_drop > 1:
-        raise ValueError(f"run_ablation: lr_drop must be a number > 1 (the learning rate is divided by it) or None, "
-                         f"got {lr_drop!r}")
+    check_number(lr_drop, "lr_drop", 1, above=True, fn="run_ablation", hint="the learning rate is divided by it; or None")
     if config.optimizer != "sgd":
         raise ValueError(f"run_ablation: lr_drop lowers the rate of plain SGD; this config has "
                          f"optimizer={config.optimizer!r}: set optimizer='sgd' or pass lr_drop=None")
@@ -230,8 +230,7 @@ T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 def t_critical(df: int) -> float:
     "The two-sided 95% critical value of Student's t with `df` degrees of freedom: `T_95` up to 30, a Cornish-Fisher expansion beyond."
-    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
-        raise ValueError(f"t_critical: df must be an int >= 1 (seeds - 1), got {df!r}")
+    check_int(df, "df", 1, fn="t_critical", hint="seeds - 1")
     if df <= len(T_95):
         return T_95[df - 1]
     z = 1.959964   # the normal quantile; the two terms below correct it for df degrees of freedom
@@ -342,16 +341,15 @@ def regime_checks(runs: list) -> dict:
 STUDY_FILE = Path("benchmarks") / "results" / "ablations-cpu.json"  # the recorded study, from the repository root
 
 
-def load_study(path=None,  # the study's JSON; None: `STUDY_FILE` found from the working folder or its parents
+def load_study(path=None,  # the study's JSON; None: `STUDY_FILE` in the repository that holds this package
               ) -> dict:
     "The record `benchmarks/ablations.py` wrote: runs, per-variant summary, paper table, machine and command."
-    if path is None:
-        here = Path.cwd().resolve()
-        found = [p / STUDY_FILE for p in (here, *here.parents) if (p / STUDY_FILE).is_file()]
-        if not found:
-            raise FileNotFoundError(f"no {STUDY_FILE} in {here} or its parents: run benchmarks/ablations.py from a "
-                                    f"clone of the repository, or pass the JSON's path")
-        path = found[0]
+    if path is None:   # the package's own location, never the working folder: the same file from any folder
+        import awd_edu   # (a notebook has no __file__; the package knows where it is)
+        path = Path(awd_edu.__file__).resolve().parent.parent / STUDY_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path}: this copy of awd_edu is not a clone of the repository; pass the "
+                                    f"JSON's path (benchmarks/ablations.py writes it)")
     return _upgrade(json.loads(Path(path).read_text()))
 
 

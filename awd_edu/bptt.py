@@ -7,22 +7,16 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from numbers import Integral, Real
 
 import torch
 
+from .checks import check_int, check_number
 from .data import get_batch
 
 # %% auto #0
 __all__ = ['sample_seq_len', 'seq_len_pmf', 'scale_lr', 'bptt_batches', 'window_starts']
 
 # %% ../nbs/04_bptt.ipynb #9ea75024
-def _check_int(name: str, value, low: int, fn: str):
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{fn}: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 def _check_generator(generator, fn: str):
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{fn}: generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -36,17 +30,13 @@ def _fresh_generator() -> torch.Generator:
 
 
 def _check_seq_len_args(bptt, p_full, std, min_len, max_len, fn: str = "sample_seq_len"):
-    bptt = _check_int("bptt", bptt, 1, fn)
-    if isinstance(p_full, bool) or not isinstance(p_full, Real) or not 0.0 <= p_full <= 1.0:
-        raise ValueError(f"{fn}: p_full must be a probability in [0, 1], got {p_full!r}")
-    if isinstance(std, bool) or not isinstance(std, Real) or not 0.0 <= std < math.inf:
-        raise ValueError(f"{fn}: std must be a finite number >= 0, got {std!r}")
-    min_len = _check_int("min_len", min_len, 1, fn)
+    bptt = check_int(bptt, "bptt", 1, fn=fn)
+    p_full = check_number(p_full, "p_full", 0, 1, fn=fn, hint="a probability")
+    std = check_number(std, "std", 0, fn=fn)
+    min_len = check_int(min_len, "min_len", 1, fn=fn)
     if max_len is not None:
-        if isinstance(max_len, bool) or not isinstance(max_len, Integral) or max_len < min_len:
-            raise ValueError(f"{fn}: max_len must be None or an int >= min_len ({min_len}), got {max_len!r}")
-        max_len = int(max_len)
-    return bptt, float(p_full), float(std), min_len, max_len
+        max_len = check_int(max_len, "max_len", min_len, fn=fn, hint="min_len; or None: no cap")
+    return bptt, p_full, std, min_len, max_len
 
 # %% ../nbs/04_bptt.ipynb #4d89e31c
 def sample_seq_len(bptt: int,  # the nominal window length (70 for PTB)
@@ -98,8 +88,8 @@ def scale_lr(optimizer: torch.optim.Optimizer,  # every param group's lr is scal
              bptt: int,  # the nominal window length
             ):
     "Inside the block every param group's lr is multiplied by `seq_len / bptt`; afterwards the exact originals are back."
-    seq_len = _check_int("seq_len", seq_len, 1, "scale_lr")
-    bptt = _check_int("bptt", bptt, 1, "scale_lr")
+    seq_len = check_int(seq_len, "seq_len", 1, fn="scale_lr")
+    bptt = check_int(bptt, "bptt", 1, fn="scale_lr")
     if not hasattr(optimizer, "param_groups"):
         raise TypeError(f"scale_lr: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     groups = list(optimizer.param_groups)
@@ -129,7 +119,7 @@ def bptt_batches(source: torch.Tensor,  # batchified stream, `(n_steps, bsz)`
     if not isinstance(fixed, bool):
         raise TypeError(f"{fn}: fixed must be a bool, got {fixed!r}")
     if fixed:
-        bptt = _check_int("bptt", bptt, 1, fn)
+        bptt = check_int(bptt, "bptt", 1, fn=fn)
         if max_len is not None:
             raise ValueError(f"{fn}: max_len caps sampled lengths; with fixed=True every window is bptt, got max_len={max_len!r}")
     else:

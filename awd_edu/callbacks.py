@@ -5,7 +5,7 @@
 # %% ../nbs/08c_callbacks.ipynb #640c4908
 from __future__ import annotations
 
-import math
+from .loop import perplexity
 
 # %% auto #0
 __all__ = ['EVENTS', 'Callback', 'StepTrace', 'History', 'ProgressBar', 'print_epoch']
@@ -70,7 +70,7 @@ class ProgressBar(Callback):
     def on_batch(self, event):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{event['loss']:.3f}", ppl=f"{math.exp(min(event['loss'], 50)):.1f}",
+            self.bar.set_postfix(loss=f"{event['loss']:.3f}", ppl=f"{perplexity(event['loss']):.1f}",
                                  tok_s=f"{event['tokens_per_s']:,.0f}", refresh=False)
 
     def on_epoch(self, event):

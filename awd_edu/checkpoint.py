@@ -17,7 +17,8 @@ import torch
 # %% auto #0
 __all__ = ['METRICS_FILE', 'CheckpointError', 'atomic_write', 'atomic_link', 'atomic_write_text', 'vocab_fingerprint',
            'weights_metadata', 'save_weights', 'read_metadata', 'load_weights', 'read_metrics', 'append_metrics',
-           'write_metrics', 'checkpoint_dir', 'read_pointer', 'has_checkpoint', 'save_checkpoint', 'load_checkpoint']
+           'write_metrics', 'checkpoint_dir', 'pointer_path', 'read_pointer', 'has_checkpoint', 'save_checkpoint',
+           'load_checkpoint']
 
 # %% ../nbs/08b_checkpoint.ipynb #45e73f5b
 class CheckpointError(ValueError):
@@ -218,9 +219,14 @@ def checkpoint_dir(run_dir) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def pointer_path(run_dir, stage: str) -> Path:
+    "`checkpoints/<stage>-latest.json`: the file that names a stage's latest checkpoint."
+    return checkpoint_dir(run_dir) / f"{stage}-latest.json"
+
+
 def read_pointer(run_dir, stage: str) -> dict | None:
     "The pointer `checkpoints/<stage>-latest.json` (`tag`, `epoch`, `finished`, `previous`), or None if absent."
-    path = checkpoint_dir(run_dir) / f"{stage}-latest.json"
+    path = pointer_path(run_dir, stage)
     if not path.is_file():
         return None
     try:
@@ -236,7 +242,7 @@ def read_pointer(run_dir, stage: str) -> dict | None:
 
 def has_checkpoint(run_dir) -> bool:
     "Does `run_dir` hold a checkpoint of either stage?"
-    return any((checkpoint_dir(run_dir) / f"{s}-latest.json").is_file() for s in ("train", "finetune"))
+    return any(pointer_path(run_dir, s).is_file() for s in ("train", "finetune"))
 
 # %% ../nbs/08b_checkpoint.ipynb #d2dba027
 def save_checkpoint(run_dir,  # the run's folder
@@ -255,7 +261,7 @@ def save_checkpoint(run_dir,  # the run's folder
     read_metadata(weights)
     old = read_pointer(run_dir, stage)
     previous = old["tag"] if old and old["tag"] != tag else (old or {}).get("previous")
-    pointer = atomic_write_text(folder / f"{stage}-latest.json", json.dumps(
+    pointer = atomic_write_text(pointer_path(run_dir, stage), json.dumps(
         dict(tag=tag, stage=stage, epoch=epoch, finished=finished, previous=previous)) + "\n")
     keep = {tag, previous}
     for f in folder.glob(f"{stage}-e*"):     # the pointer has moved: epochs before the previous one can go

@@ -76,10 +76,13 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         "A checked copy with `changes` applied; unknown names are refused with the list of known ones."
-        unknown = sorted(set(changes) - set(CONFIG_FIELDS))
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown setting(s) {unknown}; known settings: {', '.join(CONFIG_FIELDS)}")
+        _check_known(changes, "TrainConfig")
         return dataclasses.replace(self, **changes)
+
+    def differences(self, other: TrainConfig, ignore=()) -> dict:
+        "`{setting: (this value, other's value)}` for every setting the two configs disagree on, but those in `ignore`."
+        return {k: (getattr(self, k), getattr(other, k)) for k in CONFIG_FIELDS
+                if k not in ignore and getattr(self, k) != getattr(other, k)}
 
     def with_overrides(self, overrides) -> TrainConfig:
         "A checked copy with `overrides` applied: a dict, or strings `key=value` typed by the field (command line)."
@@ -187,11 +190,16 @@ def _check_together(config: TrainConfig):
                          f"(or more layers, or tie_weights=false)")
 
 
+def _check_known(keys, where: str):
+    "Refuse names that are not settings: a ValueError naming `where` they came from, them, and the known settings."
+    unknown = sorted(set(keys) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known settings: {', '.join(CONFIG_FIELDS)}")
+
+
 def _known(values: dict, path) -> dict:
     "`values` if every key is a setting, else a ValueError naming the file and the unknown keys."
-    unknown = sorted(set(values) - set(CONFIG_FIELDS))
-    if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; known settings: {', '.join(CONFIG_FIELDS)}")
+    _check_known(values, str(path))
     return values
 
 # %% ../nbs/08a_config.ipynb #6b2238f3
@@ -199,8 +207,7 @@ def parse_value(name: str,  # a TrainConfig field
                 text: str,  # its value as typed on a command line
                ):
     "The text `text` as a value of field `name`'s type (`none` for optional fields; `true`/`false` for bools)."
-    if name not in CONFIG_FIELDS:
-        raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(CONFIG_FIELDS)}")
+    _check_known([name], "parse_value")
     base, optional = _field_type(name)
     if optional and text.lower() in ("none", "null"):
         return None
@@ -221,8 +228,7 @@ def parse_override(item: str) -> tuple:
     key = key.strip().replace("-", "_")
     if not sep or not key:
         raise ValueError(f"overrides must look like key=value (e.g. lr=20), got {item!r}")
-    if key not in CONFIG_FIELDS:
-        raise ValueError(f"unknown setting {key!r} in {item!r}; known settings: {', '.join(CONFIG_FIELDS)}")
+    _check_known([key], repr(item))
     return key, parse_value(key, text.strip())
 
 # %% ../nbs/08a_config.ipynb #1eb44488

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .checks import check_int
+
 # %% auto #0
 __all__ = ['EOS', 'ENV_VAR', 'PTB_FILES', 'PTB_SHA256', 'PTB_MIRRORS', 'tokenize', 'Vocab', 'read_tokens', 'Corpus', 'load_ptb',
            'batchify', 'get_batch', 'data_root', 'ptb_dir', 'DataNotFoundError', 'ChecksumError', 'DownloadError',
@@ -98,8 +100,7 @@ def batchify(data: torch.Tensor,  # 1-D stream of token ids
     "Lay a 1-D stream out as `bsz` contiguous columns, `(n_steps, bsz)`, dropping the tokens that do not fill a row."
     if data.dim() != 1:
         raise ValueError(f"batchify: data must be a 1-D stream of ids, got shape {tuple(data.shape)}")
-    if isinstance(bsz, bool) or not isinstance(bsz, int) or not 1 <= bsz <= len(data):
-        raise ValueError(f"batchify: bsz must be an int in [1, {len(data)}] (the stream's length), got {bsz!r}")
+    check_int(bsz, "bsz", 1, len(data), fn="batchify", hint="the stream's length")
     n_steps = len(data) // bsz
     return data[: n_steps * bsz].view(bsz, n_steps).t().contiguous()  # (bsz, n_steps) -> (n_steps, bsz)
 

@@ -5,8 +5,6 @@
 # %% ../nbs/02_dropout.ipynb #ce72c81d
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -5,17 +5,17 @@
 # %% ../nbs/08e_generate.ipynb #cb4ff835
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .checks import check_int, check_number
+from .model import eval_mode
 
 # %% auto #0
 __all__ = ['temperature_softmax', 'next_word_logits', 'sample_words', 'format_words']
 
 # %% ../nbs/08e_generate.ipynb #47747285
 def _check_temperature(temperature, caller: str):
-    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
-        raise ValueError(f"{caller}: temperature must be a number > 0, got {temperature!r}")
+    check_number(temperature, "temperature", 0, above=True, fn=caller)
 
 
 def _prompt_ids(vocab, prompt: str, caller: str) -> list:
@@ -43,13 +43,9 @@ def next_word_logits(model,  # an `AWDLSTM`
                     ) -> torch.Tensor:
     "The model's scores for the word after `prompt`, `(V,)` float64 on the CPU (evaluation mode: no dropout)."
     ids = _prompt_ids(vocab, prompt, "next_word_logits")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x = torch.tensor(ids, device=next(model.parameters()).device).view(-1, 1)   # (T, 1) ids
         return model(x).logits[-1, 0].double().cpu()                                # (V,)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -61,15 +57,12 @@ def sample_words(model,  # a trained `AWDLSTM`
                  seed: int | None = None,  # makes the draw reproducible
                 ) -> list:
     "Draw `n_words` words from `model` after `prompt`, each from softmax(logits / temperature)."
-    if isinstance(n_words, bool) or not isinstance(n_words, int) or n_words < 1:
-        raise ValueError(f"sample_words: n_words must be an int >= 1, got {n_words!r}")
+    check_int(n_words, "n_words", 1, fn="sample_words")
     _check_temperature(temperature, "sample_words")
     ids = _prompt_ids(vocab, prompt, "sample_words")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x, hidden, out = torch.tensor(ids, device=device).view(-1, 1), None, []
         for _ in range(n_words):
             res = model(x, hidden)                    # x: (T, 1) ids
@@ -78,8 +71,6 @@ def sample_words(model,  # a trained `AWDLSTM`
             word = int(torch.multinomial(probs, 1, generator=generator))
             out.append(vocab.itos[word])
             x = torch.tensor([[word]], device=device)
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_weights, read_metadata, save_weights, weights_metadata
+from .checkpoint import CheckpointError, load_weights, save_weights, weights_metadata
 from .config import TrainConfig, build_model
 from .data import Corpus, load_ptb
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .bptt import bptt_batches, scale_lr
 from .data import batchify
-from .model import AWDLSTM, detach_hidden
+from .model import AWDLSTM, detach_hidden, eval_mode
 from .ntasgd import NonMonotonicTrigger, averaged_weights, make_asgd
 from .regularization import activation_reg, temporal_activation_reg
 
@@ -42,22 +42,20 @@ def evaluate(model: AWDLSTM,  # any mode; it is put back afterwards
              progress: bool = False,  # show a progress bar (batches, tokens/s)
             ) -> float:
     "Mean cross-entropy per token of `model` on `source`: fixed windows, state carried, dropout off, no graph."
-    was_training = model.training
-    model.eval()
     bar = _bar(math.ceil((len(source) - 1) / bptt), "evaluate", progress)
     try:
-        hidden = model.init_hidden(source.size(1))
-        total, n = 0.0, 0
-        for inputs, targets, _ in bptt_batches(source, bptt, fixed=True):
-            out = model(inputs, hidden)
-            hidden = out.hidden
-            total += F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), targets.reshape(-1),
-                                     reduction="sum").item()
-            n += targets.numel()
-            bar.update(1)
+        with eval_mode(model):
+            hidden = model.init_hidden(source.size(1))
+            total, n = 0.0, 0
+            for inputs, targets, _ in bptt_batches(source, bptt, fixed=True):
+                out = model(inputs, hidden)
+                hidden = out.hidden
+                total += F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), targets.reshape(-1),
+                                         reduction="sum").item()
+                n += targets.numel()
+                bar.update(1)
     finally:
         bar.close()
-        model.train(was_training)
     return total / n
 
 
@@ -117,7 +115,7 @@ class TrainingDiverged(RuntimeError):
 
 def perplexity(loss: float) -> float:
     "exp(`loss`), or infinity when that overflows (a diverged loss), never an error."
-    return math.exp(loss) if loss < 709 else math.inf
+    return math.exp(loss) if loss < 709 else math.inf   # exp overflows a float64 above 709.78
 
 
 def divergence_bound(vocab_size: int) -> float:

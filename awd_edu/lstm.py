@@ -10,15 +10,12 @@ import math
 import torch
 from torch import nn
 
+from .checks import check_int
+
 # %% auto #0
 __all__ = ['LSTMCell', 'run_gates', 'ScratchLSTM', 'memory_trace']
 
 # %% ../nbs/00_lstm_gates.ipynb #bdbb72e8
-def _check_int(name: str, value, low: int = 1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
 class LSTMCell(nn.Module):
     "One LSTM step, written gate by gate, with nn.LSTM's parameters (`weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`; gates i, f, c~, o)."
     def __init__(self,
@@ -27,7 +24,7 @@ class LSTMCell(nn.Module):
                  bias: bool = True,  # learn the biases b_ih and b_hh (as nn.LSTM)
                 ):
         super().__init__()
-        _check_int("input_size", input_size); _check_int("hidden_size", hidden_size)
+        check_int(input_size, "input_size", 1); check_int(hidden_size, "hidden_size", 1)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         H = hidden_size
         self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size))  # W = [W^i; W^f; W^c; W^o]
@@ -115,7 +112,7 @@ class ScratchLSTM(nn.Module):
                  bias: bool = True,  # biases, as nn.LSTM
                 ):
         super().__init__()
-        _check_int("num_layers", num_layers)
+        check_int(num_layers, "num_layers", 1)
         self.input_size, self.hidden_size, self.num_layers, self.bias = input_size, hidden_size, num_layers, bias
         self.cells = nn.ModuleList(LSTMCell(input_size if l == 0 else hidden_size, hidden_size, bias)
                                    for l in range(num_layers))
@@ -184,7 +181,7 @@ def memory_trace(forget_bias: float,  # b^f, the forget gate's bias
                  steps: int = 60,  # time steps to run
                 ) -> torch.Tensor:
     "c_t, t = 1..steps, of a 1-unit `LSTMCell` that stores 1 at t=1 and then only forgets, with forget-gate bias `forget_bias`."
-    _check_int("steps", steps)
+    check_int(steps, "steps", 1)
     cell = LSTMCell(1, 1).double()
     with torch.no_grad():
         cell.weight_hh.zero_(); cell.bias_hh.zero_()                     # U = 0: no recurrence

@@ -5,17 +5,19 @@
 # %% ../nbs/06_model.ipynb #0db2cb05
 from __future__ import annotations
 
-import numbers
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .checks import check_int
 from .dropout import LockedDropout, embedded_dropout
 from .weight_drop import WeightDrop, check_p
 
 # %% auto #0
-__all__ = ['layer_sizes', 'lstm_params', 'parameter_counts', 'count_parameters', 'AWDLSTMOutput', 'detach_hidden', 'AWDLSTM']
+__all__ = ['layer_sizes', 'lstm_params', 'parameter_counts', 'count_parameters', 'AWDLSTMOutput', 'detach_hidden', 'eval_mode',
+           'AWDLSTM']
 
 # %% ../nbs/06_model.ipynb #927440fa
 def layer_sizes(emb_size: int,  # d, the embedding size
@@ -66,10 +68,18 @@ def detach_hidden(hidden):
     raise TypeError(f"detach_hidden: hidden must be a tensor or a list/tuple of them, got {type(hidden).__name__}")
 
 
-def _check_size(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"AWDLSTM: {name} must be an int >= 1, got {value!r}")
-    return int(value)
+
+
+# %% ../nbs/06_model.ipynb #3ccd698d
+@contextmanager
+def eval_mode(model: nn.Module):
+    "Evaluation mode (dropout off) for the block, then the mode `model` had before, even if the block raises."
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 # %% ../nbs/06_model.ipynb #7618b4d0
 class AWDLSTM(nn.Module):
@@ -89,8 +99,8 @@ class AWDLSTM(nn.Module):
                  tie_weights: bool = True,  # decoder shares the embedding matrix
                 ):
         super().__init__()
-        self.vocab_size, self.emb_size = _check_size(vocab_size, "vocab_size"), _check_size(emb_size, "emb_size")
-        self.hidden_size, self.n_layers = _check_size(hidden_size, "hidden_size"), _check_size(n_layers, "n_layers")
+        self.vocab_size, self.emb_size = check_int(vocab_size, "vocab_size", 1, fn="AWDLSTM"), check_int(emb_size, "emb_size", 1, fn="AWDLSTM")
+        self.hidden_size, self.n_layers = check_int(hidden_size, "hidden_size", 1, fn="AWDLSTM"), check_int(n_layers, "n_layers", 1, fn="AWDLSTM")
         self.dropout = check_p(dropout, "dropout", "AWDLSTM")
         self.dropouth = check_p(dropouth, "dropouth", "AWDLSTM")
         self.dropouti = check_p(dropouti, "dropouti", "AWDLSTM")

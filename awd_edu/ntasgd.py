@@ -11,6 +11,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .checks import check_int
+
 # %% auto #0
 __all__ = ['nonmono_condition', 'NonMonotonicTrigger', 'trigger_epoch', 'make_asgd', 'averaged_weights']
 
@@ -26,9 +28,7 @@ def nonmono_condition(history,  # validation losses of the earlier epochs, oldes
 class NonMonotonicTrigger:
     "Fires once: the first epoch whose validation loss exceeds the best loss from before the last `nonmono` epochs."
     def __init__(self, nonmono: int = 5):  # n: how many recent epochs are left out of the comparison
-        if isinstance(nonmono, bool) or not isinstance(nonmono, int) or nonmono < 1:
-            raise ValueError(f"NonMonotonicTrigger: nonmono must be an int >= 1 (number of recent epochs left out "
-                             f"of the comparison), got {nonmono!r}")
+        check_int(nonmono, "nonmono", 1, fn="NonMonotonicTrigger", hint="number of recent epochs left out of the comparison")
         self.nonmono = nonmono
         self.history = []  # one validation loss per epoch fed so far, oldest first
         self.fired_at = None  # 1-based epoch on which the trigger fired, or None

@@ -5,23 +5,14 @@
 # %% ../nbs/05_regularization.ipynb #3179ab90
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
 
-from .data import batchify
+from .checks import check_number
 
 # %% auto #0
-__all__ = ['activation_reg', 'temporal_activation_reg', 'ar_tar_penalty', 'toy_lm_data', 'train_toy_lm']
+__all__ = ['activation_reg', 'temporal_activation_reg', 'ar_tar_penalty']
 
 # %% ../nbs/05_regularization.ipynb #8270e2a2
-def _check_coef(name: str, value, fn: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < math.inf:
-        raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 def _check_time_first(h, fn: str, name: str = "h"):
     if not isinstance(h, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(h).__name__}")
@@ -36,7 +27,7 @@ def activation_reg(h: torch.Tensor,  # final layer's output AFTER its dropout, `
                    alpha: float,  # AR coefficient (2 on PTB); 0 switches AR off
                   ) -> torch.Tensor:
     "AR: `alpha * h.pow(2).mean()`, a scalar tensor; exactly zero (nothing computed) when `alpha` is 0."
-    alpha = _check_coef("alpha", alpha, "activation_reg")
+    alpha = check_number(alpha, "alpha", 0, fn="activation_reg")
     _check_time_first(h, "activation_reg")
     if alpha == 0:
         return h.new_zeros(())
@@ -47,7 +38,7 @@ def temporal_activation_reg(h: torch.Tensor,  # final layer's RAW output (before
                             beta: float,  # TAR coefficient (1 on PTB); 0 switches TAR off
                            ) -> torch.Tensor:
     "TAR: `beta * (h[1:] - h[:-1]).pow(2).mean()` over time (dim 0), a scalar tensor; zero for one step or `beta` 0."
-    beta = _check_coef("beta", beta, "temporal_activation_reg")
+    beta = check_number(beta, "beta", 0, fn="temporal_activation_reg")
     _check_time_first(h, "temporal_activation_reg")
     if beta == 0 or h.shape[0] < 2:  # one step has no change to penalise (and the mean of nothing would be nan)
         return h.new_zeros(())
@@ -67,53 +58,3 @@ def ar_tar_penalty(*,
         raise ValueError(f"ar_tar_penalty: dropped_output and raw_output must have the same shape (one layer's "
                          f"output before and after dropout); got {tuple(dropped_output.shape)} and {tuple(raw_output.shape)}")
     return activation_reg(dropped_output, alpha) + temporal_activation_reg(raw_output, beta)
-
-# %% ../nbs/05_regularization.ipynb #048dd3d6
-def toy_lm_data(tokens: torch.Tensor,  # a 1-D stream of word ids (e.g. PTB's training split)
-                vocab: int = 200,  # keep the `vocab - 1` commonest words; every other word becomes one "other" id
-                n_train: int = 32_000,  # tokens for training (the first ones)
-                n_valid: int = 8_000,  # tokens for held-out measurement (the next ones)
-               ) -> tuple:
-    "A small language-modelling task from a token stream: train `(n_train//16, 16)` and valid `(n_valid//8, 8)`, ids < `vocab`."
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1 or len(tokens) < n_train + n_valid:
-        raise ValueError(f"toy_lm_data: tokens must be a 1-D tensor of at least n_train + n_valid = {n_train + n_valid} "
-                         f"ids, got {type(tokens).__name__} of shape {tuple(getattr(tokens, 'shape', ()))}")
-    tokens = tokens[: n_train + n_valid]
-    counts = torch.bincount(tokens)
-    rank = torch.empty(len(counts), dtype=torch.long)
-    rank[counts.argsort(descending=True, stable=True)] = torch.arange(len(counts))  # word id -> frequency rank
-    ids = rank[tokens].clamp(max=vocab - 1)
-    return batchify(ids[:n_train], 16), batchify(ids[n_train:], 8)
-
-
-def train_toy_lm(train: torch.Tensor,  # batchified training ids, `(n, B)`
-                 valid: torch.Tensor,  # batchified held-out ids, `(m, B')`
-                 alpha: float,  # AR coefficient
-                 beta: float,  # TAR coefficient
-                 steps: int = 100,  # Adam steps
-                 vocab: int = 200, emb_size: int = 16, hidden_size: int = 64,
-                 p: float = 0.4,  # locked dropout on the LSTM output
-                 seq_len: int = 35, seed: int = 0,
-                ) -> dict:
-    "Train a one-layer toy LSTM LM with AR/TAR; return its raw held-out outputs `(T, B', H)`, validation loss, magnitude and roughness."
-    with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the caller's global RNG
-        torch.manual_seed(seed)              # same seed in every run, so only alpha and beta differ
-        emb = torch.nn.Embedding(vocab, emb_size)
-        lstm, dec = torch.nn.LSTM(emb_size, hidden_size), torch.nn.Linear(hidden_size, vocab)
-    opt = torch.optim.Adam([*emb.parameters(), *lstm.parameters(), *dec.parameters()], lr=1e-2)
-    g = torch.Generator().manual_seed(seed + 1)
-    for step in range(steps):
-        i = step * seq_len % (len(train) - seq_len - 1)
-        x, y = train[i : i + seq_len], train[i + 1 : i + 1 + seq_len]        # (T, B)
-        raw, _ = lstm(emb(x))                                                  # (T, B, H)
-        mask = torch.bernoulli(torch.full((1, x.shape[1], hidden_size), 1 - p), generator=g) / (1 - p)
-        dropped = raw * mask                                                   # locked dropout, (T, B, H)
-        loss = torch.nn.functional.cross_entropy(dec(dropped).flatten(0, 1), y.flatten())
-        loss = loss + ar_tar_penalty(dropped_output=dropped, raw_output=raw, alpha=alpha, beta=beta)
-        opt.zero_grad(); loss.backward(); opt.step()
-    with torch.no_grad():
-        n = min(200, len(valid) - 1)
-        raw, _ = lstm(emb(valid[:n]))                                          # (n, B', H)
-        val = torch.nn.functional.cross_entropy(dec(raw).flatten(0, 1), valid[1 : n + 1].flatten()).item()
-    m2 = raw.pow(2).mean().item()
-    return dict(raw=raw, val_loss=val, magnitude=m2, roughness=(raw[1:] - raw[:-1]).pow(2).mean().item() / m2)

@@ -12,7 +12,7 @@ from pathlib import Path
 from .checkpoint import (
     METRICS_FILE, CheckpointError, atomic_link, checkpoint_dir, has_checkpoint, load_weights, read_metadata,
     read_metrics, weights_metadata)
-from .config import CONFIG_FIELDS, TrainConfig, build_model, resolve_device
+from .config import TrainConfig, build_model, resolve_device
 from .data import Corpus, batchify, load_ptb
 from .distributed import Group, all_sum
 from .loop import evaluate, perplexity
@@ -24,8 +24,8 @@ except ImportError:
 
 # %% auto #0
 __all__ = ['RESUMABLE', 'RunInUse', 'RunLock', 'hold_run_dir', 'remove_temporary_files', 'check_new_run_dir', 'finetune_best',
-           'keep_training_best', 'publish_best', 'existing_run', 'load_corpus', 'load_best', 'check_config_unchanged',
-           'score_run']
+           'keep_training_best', 'publish_best', 'existing_run', 'load_corpus', 'check_run_dir', 'load_best',
+           'check_config_unchanged', 'score_run']
 
 # %% ../nbs/08h_rundir.ipynb #1f8c278b
 class RunInUse(CheckpointError):
@@ -234,16 +234,22 @@ def load_corpus(config: TrainConfig, run_dir=None):
 
 
 # %% ../nbs/08h_rundir.ipynb #fc2d3dc3
+def check_run_dir(run_dir) -> Path:
+    "`run_dir` as a `Path` if it is a run directory (it holds `config.json`), else a FileNotFoundError saying how runs are made."
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
+                                f"`awd-edu train --run-dir DIR`")
+    return run_dir
+
+
 def load_best(run_dir,  # a run directory
               device: str = "auto",  # where the model goes: "auto", "cpu", "cuda" or "cuda:N"
               corpus: Corpus | None = None,  # the data; None: `load_ptb(config.data_dir)`
               data_dir=None,  # the PTB folder, when it is no longer where the run's config says
              ) -> tuple:
     "`(config, corpus, model)`: a run's config and its best weights, checked against its vocabulary and sizes."
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
-                                f"`awd-edu train --run-dir DIR`")
+    run_dir = check_run_dir(run_dir)
     best = run_dir / "best.safetensors"
     if not best.is_file():
         raise FileNotFoundError(f"{run_dir} has no best.safetensors yet (no epoch finished): train it first")
@@ -262,8 +268,7 @@ def check_config_unchanged(config: TrainConfig, state: dict, run_dir):
     if saved is None:   # checkpoints of format 1 did not store the config
         return
     saved = TrainConfig(**{**TrainConfig().to_dict(), **saved})
-    changed = {k: (getattr(saved, k), getattr(config, k)) for k in CONFIG_FIELDS
-               if k not in RESUMABLE and getattr(saved, k) != getattr(config, k)}
+    changed = saved.differences(config, ignore=RESUMABLE)
     if changed:
         raise ValueError(f"{run_dir / 'config.json'} was edited since the checkpoint was written (setting: "
                          f"checkpoint, file): {changed}. A resume continues the same run: put those values back, or "

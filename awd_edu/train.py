@@ -15,37 +15,33 @@ from pathlib import Path
 
 import torch
 
-from .bptt import sample_seq_len
-from .callbacks import Callback, History, ProgressBar, StepTrace
+from .callbacks import ProgressBar
 from . import checkpoint as ckpt
 from .checkpoint import (
-    CheckpointError, append_metrics, atomic_write, atomic_write_text, has_checkpoint, load_weights, read_metadata,
-    read_metrics, save_weights, vocab_fingerprint, weights_metadata, write_metrics)
-from .config import (
-    CONFIG_FIELDS, PRESETS, TrainConfig, build_model, make_splits, parse_value, preset_changes, resolve_device,
-    resolve_preset)
-from .data import Corpus, batchify, load_ptb
+    CheckpointError, append_metrics, atomic_write_text, load_weights, read_metadata, read_metrics, save_weights,
+    weights_metadata, write_metrics)
+from .config import TrainConfig, build_model, make_splits, resolve_device
+from .data import Corpus
 from .distributed import (
     Group, all_sum, barrier, check_same, current_group, gather, shard_columns, shared_mean, wrap)
-from .generate import format_words, sample_words
-from .loop import (
-    TrainingDiverged, evaluate, lm_loss, perplexity, simple_fit, train_epoch, train_step, unigram_perplexity)
-from .model import AWDLSTM, count_parameters
+from .bptt import seq_len_pmf
+from .loop import TrainingDiverged, divergence_bound, evaluate, perplexity, train_epoch
+from .model import count_parameters
 from .ntasgd import NonMonotonicTrigger, averaged_weights, make_asgd
 from .rundir import (
-    RESUMABLE, check_config_unchanged, check_new_run_dir, finetune_best, hold_run_dir, keep_training_best, load_best,
+    RESUMABLE, check_config_unchanged, check_new_run_dir, check_run_dir, finetune_best, hold_run_dir, keep_training_best, load_best,
     load_corpus, publish_best)
 
 # %% auto #0
-__all__ = ['STAGES', 'expected_batches', 'Trainer', 'patch_to']
+__all__ = ['STAGES', 'expected_batches', 'Trainer']
 
 # %% ../nbs/08d_train.ipynb #251cda7b
 STAGES = ("train", "finetune")
 
 
 def expected_batches(n_rows: int, bptt: int, variable: bool = True) -> int:
-    "About how many windows an epoch of `n_rows` rows has (the lengths are random: mean about 0.975 bptt - 0.5)."
-    mean = 0.975 * bptt - 0.5 if variable else bptt
+    "About how many windows an epoch of `n_rows` rows has: the rows over the mean window length (`seq_len_pmf`'s)."
+    mean = sum(k * p for k, p in seq_len_pmf(bptt).items()) if variable else bptt
     return max(1, round((n_rows - 1) / max(mean, 1)))
 
 # %% ../nbs/08d_train.ipynb #b801a7a6
@@ -130,16 +126,17 @@ class Trainer:
             callback({"event": event, "stage": self.stage, **data})
 
 # %% ../nbs/08d_train.ipynb #ae7eb851
-def patch_to(cls):
-    "Make the decorated function a method of `cls`, so a class can be written one method per cell; the module's names stay as they were."
+def patch_method(cls):
+    "Make the decorated function a method of `cls` (a class written one method per cell) and give it back unchanged."
     def attach(fn):
-        name = getattr(fn, "__func__", fn).__name__
-        setattr(cls, name, fn)
-        return getattr(fn, "__func__", fn).__globals__.get(name)
+        f = getattr(fn, "__func__", fn)   # a classmethod's function
+        f.__qualname__ = f"{cls.__name__}.{f.__name__}"
+        setattr(cls, f.__name__, fn)
+        return fn
     return attach
 
 # %% ../nbs/08d_train.ipynb #38987d25
-@patch_to(Trainer)
+@patch_method(Trainer)
 def _train_one_epoch(self, e: int) -> dict:
     "Train epoch `e` of the current stage (`train_epoch`), reporting each step; returns its statistics."
     cfg = self.config
@@ -163,7 +160,7 @@ def _train_one_epoch(self, e: int) -> dict:
     return stats
 
 
-@patch_to(Trainer)
+@patch_method(Trainer)
 def evaluate_split(self, split: str = "valid") -> float:
     "Mean cross-entropy on `valid` or `test` with the weights the model holds now."
     if split not in ("valid", "test"):
@@ -171,7 +168,7 @@ def evaluate_split(self, split: str = "valid") -> float:
     return shared_mean(lambda s: evaluate(self.model, s, self.config.bptt), self.data[split], self.group)
 
 
-@patch_to(Trainer)
+@patch_method(Trainer)
 def _diverged_message(self, epoch: int, what: str) -> str:
     kept = (f"the last good checkpoint (epoch {self.epoch} of the {self.stage} stage) is kept in "
             f"{self.run_dir / 'checkpoints'}" if self.epoch else "no checkpoint had been written yet")
@@ -179,12 +176,12 @@ def _diverged_message(self, epoch: int, what: str) -> str:
             f"Try a lower learning rate (lr={self.config.lr} now) or a tighter clip (clip={self.config.clip}).")
 
 # %% ../nbs/08d_train.ipynb #51195e20
-@patch_to(Trainer)
+@patch_method(Trainer)
 def _validate(self, e: int) -> tuple:
     "Validation loss of epoch `e` (averaged weights under ASGD); saves `best.safetensors` on improvement. `(loss, improved)`."
     with averaged_weights(self.model, self.optimizer):   # a no-op under SGD
         val_loss = self.evaluate_split("valid")
-        if not math.isfinite(val_loss) or val_loss > 3 * math.log(self.vocab_size):
+        if not math.isfinite(val_loss) or val_loss > divergence_bound(self.vocab_size):
             raise TrainingDiverged(self._diverged_message(e, f"the validation loss is {val_loss:.4g}"))
         improved = val_loss < self.best_val_loss
         if improved:
@@ -196,7 +193,7 @@ def _validate(self, e: int) -> tuple:
     return val_loss, improved
 
 
-@patch_to(Trainer)
+@patch_method(Trainer)
 def _apply_trigger(self, e: int, val_loss: float) -> tuple:
     "The non-monotonic rule after epoch `e`: `(fired, switched)`; in training it switches SGD to averaged SGD."
     fired = self.trigger.step(val_loss)
@@ -207,10 +204,10 @@ def _apply_trigger(self, e: int, val_loss: float) -> tuple:
     return fired, switched
 
 # %% ../nbs/08d_train.ipynb #c749a4d4
-@patch_to(Trainer)
+@patch_method(Trainer)
 def run_epoch(self) -> dict:
     "Train one epoch, validate (averaged weights under ASGD), keep the best, apply the trigger, log, checkpoint."
-    e, cfg = self.epoch + 1, self.config
+    e = self.epoch + 1
     if self.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(self.device)
     t0 = time.perf_counter()
@@ -240,7 +237,7 @@ def run_epoch(self) -> dict:
     return metrics
 
 
-@patch_to(Trainer)
+@patch_method(Trainer)
 def _stalled(self) -> bool:
     "With `patience` > 0: has training's validation gone `patience` epochs without a new best?"
     best = [m["epoch"] for m in self.history if m["stage"] == "train" and m["best"]]
@@ -248,7 +245,7 @@ def _stalled(self) -> bool:
             and self.epoch - (best[-1] if best else 0) >= self.config.patience)
 
 
-@patch_to(Trainer)
+@patch_method(Trainer)
 def _stage_done(self) -> bool:
     "Is the stage over: its epoch limit reached, fine-tuning's rule fired, or training stalled (`patience`)?"
     limit = self.config.epochs if self.stage == "train" else self.config.finetune_epochs
@@ -267,7 +264,7 @@ def _peak_memory_mb(device: torch.device):
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 # %% ../nbs/08d_train.ipynb #9eefb11d
-@patch_to(Trainer)
+@patch_method(Trainer)
 def fit(self) -> list:
     "Train until `config.epochs` (SGD, then ASGD when the trigger fires); returns this stage's metrics."
     if self.stage != "train":
@@ -275,7 +272,7 @@ def fit(self) -> list:
     return self._run_stage()
 
 
-@patch_to(Trainer)
+@patch_method(Trainer)
 def finetune(self, allow_unfinished: bool = False,  # fine-tune although training stopped before `epochs`
             ) -> list:
     "From the best weights: fresh ASGD, windows capped at bptt+10, until the non-monotonic rule fires; keeps the best."
@@ -298,7 +295,7 @@ def finetune(self, allow_unfinished: bool = False,  # fine-tune although trainin
     return self._run_stage()
 
 
-@patch_to(Trainer)
+@patch_method(Trainer)
 def _run_stage(self) -> list:
     "Run epochs of the current stage until it is finished, telling the subscribers; returns the stage's metrics."
     if self.config_changed and self.group.is_main:   # a resume's new limits: written now that a stage runs
@@ -318,7 +315,7 @@ def _run_stage(self) -> list:
     return [m for m in self.history if m["stage"] == self.stage]
 
 # %% ../nbs/08d_train.ipynb #7f20aa15
-@patch_to(Trainer)
+@patch_method(Trainer)
 def save_checkpoint(self) -> Path:
     "Write this epoch's checkpoint (weights, optimizer, trigger, RNG states, config), verified, then move the pointer."
     rng = gather(dict(torch_rng=torch.get_rng_state(),   # one mask stream: the same in every process (08g)
@@ -328,7 +325,7 @@ def save_checkpoint(self) -> Path:
                  optimizer_name=self.optimizer_name, optimizer=self.optimizer.state_dict(),
                  trigger=self.trigger.state_dict(), **rng[0], ranks=rng, world_size=self.group.world_size,
                  generator=self.generator.get_state(), vocab_sha256=self.expect["awd_edu.vocab_sha256"])
-    pointer = self.run_dir / "checkpoints" / f"{self.stage}-latest.json"
+    pointer = ckpt.pointer_path(self.run_dir, self.stage)
     if self.group.is_main:
         ckpt.save_checkpoint(self.run_dir, self.stage, self.epoch, self.model, state, self.expect, self.finished)
     barrier(self.group)   # no process goes on before the checkpoint is on disk
@@ -336,7 +333,7 @@ def save_checkpoint(self) -> Path:
     return pointer
 
 # %% ../nbs/08d_train.ipynb #480c663c
-@patch_to(Trainer)
+@patch_method(Trainer)
 def load_checkpoint(self, stage: str | None = None,  # default: fine-tuning if it has begun, else training
                     from_previous: bool = False,  # the epoch before the latest (when the latest is damaged)
                    ):
@@ -376,10 +373,10 @@ def load_checkpoint(self, stage: str | None = None,  # default: fine-tuning if i
 
 
 def _has_stage(run_dir, stage: str) -> bool:
-    return (Path(run_dir) / "checkpoints" / f"{stage}-latest.json").is_file()
+    return ckpt.pointer_path(run_dir, stage).is_file()
 
 # %% ../nbs/08d_train.ipynb #c53c1a61
-@patch_to(Trainer)
+@patch_method(Trainer)
 @classmethod
 def resume(cls, run_dir,  # a run directory made by `Trainer` or `awd-edu train`
            corpus: Corpus | None = None,  # the data; None: `load_ptb(config.data_dir)`
@@ -390,10 +387,7 @@ def resume(cls, run_dir,  # a run directory made by `Trainer` or `awd-edu train`
            **changes,  # settings a resume may change: epochs, finetune_epochs, device, data_dir
           ) -> Trainer:
     "A trainer in the state of the last checkpoint of `run_dir`, ready to go on with `fit()` or `finetune()`."
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
-                                f"`awd-edu train --run-dir DIR`")
+    run_dir = check_run_dir(run_dir)
     lock = hold_run_dir(run_dir, group if group is not None else current_group())   # before reading anything
     try:
         return _resume(cls, run_dir, corpus, callbacks, progress, from_previous, group, changes)
@@ -421,7 +415,7 @@ def _resume(cls, run_dir, corpus, callbacks, progress, from_previous, group, cha
     return trainer
 
 # %% ../nbs/08d_train.ipynb #539897cb
-@patch_to(Trainer)
+@patch_method(Trainer)
 def test(self) -> dict:
     "Valid (batch `eval_batch_size`) and test (batch `test_batch_size`) loss and perplexity of `best.safetensors`."
     _, _, model = load_best(self.run_dir, str(self.device), self.corpus)

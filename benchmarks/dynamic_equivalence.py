@@ -132,7 +132,7 @@ def shortened_data(ptb: Path, dest: Path, eval_tokens: int) -> int:
 def awd_model(args, vocab_size: int):
     "`(model, drops, sizes, source)`: the awd_edu model compared, its dropouts and sizes, and where its weights came from."
     from awd_edu.model import AWDLSTM
-    from awd_edu.train import load_best
+    from awd_edu.rundir import load_best
     if args.run:
         config, corpus, model = load_best(args.run, device="cpu")
         sizes = dict(emb_size=config.emb_size, hidden_size=config.hidden_size, n_layers=config.n_layers,

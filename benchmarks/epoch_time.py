@@ -26,7 +26,9 @@ import common  # noqa: E402
 from awd_edu.bptt import bptt_batches  # noqa: E402
 from awd_edu.data import load_ptb  # noqa: E402
 from awd_edu.ntasgd import averaged_weights  # noqa: E402
-from awd_edu.train import PRESETS, TrainConfig, Trainer, train_step  # noqa: E402
+from awd_edu.config import PRESETS, TrainConfig  # noqa: E402
+from awd_edu.loop import train_step  # noqa: E402
+from awd_edu.train import Trainer  # noqa: E402
 
 
 def epoch_plan(source: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> dict:

@@ -276,7 +276,8 @@ def side_spreads(curves: dict, seeds: list, key: str = "valid_loss") -> list:
 def awd_edu_worker(config: dict, run_dir: Path, threads: int) -> dict:
     "Train `config` with the Trainer, timing every batch through its callback; then test the best weights."
     from awd_edu.model import count_parameters
-    from awd_edu.train import TrainConfig, Trainer
+    from awd_edu.config import TrainConfig
+    from awd_edu.train import Trainer
     torch.set_num_threads(threads)
     cfg = TrainConfig.from_preset("ptb").replace(**{k: v for k, v in config.items() if k != "preset"})
     batches, clock = {}, dict(last=None)
@@ -426,7 +427,7 @@ def main(argv=None) -> dict:
         return {}
     from awd_edu.data import ptb_dir
     from awd_edu.model import parameter_counts
-    from awd_edu.train import TrainConfig
+    from awd_edu.config import TrainConfig
     torch.set_num_threads(args.threads)  # recorded as the threads of each run
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still removes the temporary copy (finally)
     device = torch.device("cpu")

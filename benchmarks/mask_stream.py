@@ -33,7 +33,7 @@ import common  # noqa: E402  (benchmarks/common.py, next to this script)
 from step_cost import PTB_VOCAB, TINY, Runner, preset_shape  # noqa: E402  (the same step as step_cost's (a))
 
 from awd_edu.dropout import LockedDropout  # noqa: E402
-from awd_edu.train import PRESETS, TrainConfig  # noqa: E402
+from awd_edu.config import PRESETS, TrainConfig  # noqa: E402
 
 
 def set_shard(model: torch.nn.Module, rank: int, world_size: int):

@@ -27,7 +27,8 @@ import common  # noqa: E402
 from awd_edu.data import load_ptb  # noqa: E402
 from awd_edu.model import count_parameters  # noqa: E402
 from awd_edu.ntasgd import averaged_weights  # noqa: E402
-from awd_edu.train import PRESETS, TrainConfig, Trainer  # noqa: E402
+from awd_edu.config import PRESETS, TrainConfig  # noqa: E402
+from awd_edu.train import Trainer  # noqa: E402
 
 
 class BudgetSpent(Exception):

@@ -31,7 +31,8 @@ import common  # noqa: E402  (benchmarks/common.py, next to this script)
 
 from awd_edu.lstm import ScratchLSTM  # noqa: E402
 from awd_edu.model import detach_hidden, layer_sizes  # noqa: E402
-from awd_edu.train import PRESETS, TrainConfig, build_model, lm_loss  # noqa: E402
+from awd_edu.config import PRESETS, TrainConfig, build_model  # noqa: E402
+from awd_edu.loop import lm_loss  # noqa: E402
 
 PTB_VOCAB = 10_000  # Penn Treebank's vocabulary (the step time does not depend on the words themselves)
 SHAPE_FIELDS = dict(emb="emb_size", hidden="hidden_size", layers="n_layers", batch="batch_size", bptt="bptt")

@@ -55,14 +55,12 @@ def corpus_once(ptb_folder):
     each folder is read once per session and the same Corpus is handed back after. Use it with
     `pytestmark = pytest.mark.usefixtures("corpus_once")` in a module that runs many commands on PTB."""
     import awd_edu.rundir as R
-    import awd_edu.train as T
-    real = T.load_ptb
+    real = R.load_ptb
     def load_ptb(path=None, download=False):
         key = str(Path(path or ptb_folder).resolve())
         if key not in _CORPORA:
             _CORPORA[key] = real(path, download)
         return _CORPORA[key]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "load_ptb", load_ptb)
-        mp.setattr(R, "load_ptb", load_ptb)   # load_best and the other readers load through it too
+        mp.setattr(R, "load_ptb", load_ptb)   # the trainer, load_best and the other readers load through it
         yield

@@ -23,8 +23,8 @@ import awd_edu.cli as cli
 import awd_edu.loop as loop
 import awd_edu.messages as messages
 import awd_edu.rundir as R
-import awd_edu.train as T
 from awd_edu.cli import main
+from awd_edu.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800", "--quiet"]
@@ -300,7 +300,7 @@ def test_finetune_refuses_unfinished_training_unless_told(run, capsys):
         assert snapshot(run) == before   # finetune_epochs was not written
     assert main(["finetune", str(run), "--allow-unfinished", "--epochs", "1", "--quiet", "--no-report"]) == 0
     assert "note: training stopped after epoch 2 of 3" in capsys.readouterr().out
-    assert T.TrainConfig.load(config).finetune_epochs == 1
+    assert TrainConfig.load(config).finetune_epochs == 1
     assert [m["stage"] for m in ckpt.read_metrics(run)] == ["train", "train", "finetune"]
 
 
@@ -355,7 +355,7 @@ def test_an_old_run_directory_still_resumes_and_finetunes(run, capsys):
     assert main(["resume", str(run), "--epochs", "3", "--quiet", "--no-report"]) == 0
     assert "after epoch 2" in capsys.readouterr().out
     assert [m["epoch"] for m in ckpt.read_metrics(run)] == [1, 2, 3]
-    assert T.TrainConfig.load(run / "config.json").epochs == 3
+    assert TrainConfig.load(run / "config.json").epochs == 3
     assert main(["finetune", str(run), "--epochs", "1", "--quiet", "--no-report"]) == 0
     assert [m["stage"] for m in ckpt.read_metrics(run)][-1] == "finetune"
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import awd_edu.train as T
+from awd_edu.checkpoint import read_metrics
 from awd_edu.cli import main
+from awd_edu.config import TrainConfig
 
 QUICK = ["--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800", "--quiet"]
 
@@ -57,8 +58,8 @@ def test_train_writes_a_complete_run_directory(trained):
     names = {str(p.relative_to(trained)) for p in trained.rglob("*")}
     assert {"config.json", "metrics.jsonl", "best.safetensors", "results.json", "report.html",
             "checkpoints/train-latest.json"} <= names
-    assert [m["epoch"] for m in T.read_metrics(trained)] == [1, 2]
-    cfg = T.TrainConfig.load(trained / "config.json")
+    assert [m["epoch"] for m in read_metrics(trained)] == [1, 2]
+    cfg = TrainConfig.load(trained / "config.json")
     assert (cfg.preset, cfg.epochs, cfg.max_train_tokens, cfg.max_eval_tokens) == ("tiny", 2, 4000, 800)
     assert "plotly" in (trained / "report.html").read_text()[:100_000]
 
@@ -109,7 +110,7 @@ def test_resume_and_finetune_of_missing_or_empty_runs_exit_2(tmp_path, capsys):
     for cmd in ("resume", "finetune", "evaluate", "generate"):
         assert main([cmd, str(tmp_path / "nope")]) == 2
         assert "no run directory" in capsys.readouterr().err
-    T.TrainConfig.from_preset("tiny").save(tmp_path / "empty" / "config.json")
+    TrainConfig.from_preset("tiny").save(tmp_path / "empty" / "config.json")
     assert main(["resume", str(tmp_path / "empty")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "empty")]) == 2
@@ -126,8 +127,8 @@ def test_resume_of_a_finished_run_says_what_is_next(trained, capsys):
 def test_resume_with_more_epochs_extends_a_finished_run(copy_of, capsys):
     assert main(["resume", str(copy_of), "--epochs", "3", "--quiet", "--no-report"]) == 0
     assert "after epoch 2" in capsys.readouterr().out
-    assert [m["epoch"] for m in T.read_metrics(copy_of)] == [1, 2, 3]
-    assert T.TrainConfig.load(copy_of / "config.json").epochs == 3
+    assert [m["epoch"] for m in read_metrics(copy_of)] == [1, 2, 3]
+    assert TrainConfig.load(copy_of / "config.json").epochs == 3
 
 
 def test_finetune_then_refuse_a_second_one(copy_of, capsys):
@@ -210,7 +211,7 @@ def test_progress_bars_count_batches_with_tokens_per_second(tmp_path, capsys, pt
     assert main(["train", "--preset", "tiny", "--run-dir", str(run), "--epochs", "1", "--no-report",
                  "--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800"]) == 0
     err = capsys.readouterr().err
-    n = T.read_metrics(run)[0]["n_batches"]          # windows of the epoch, about 4000 / 10 / 20
+    n = read_metrics(run)[0]["n_batches"]          # windows of the epoch, about 4000 / 10 / 20
     assert f"train epoch 1: 100%" in err and f" {n}/{n} " in err and "batch/s" in err and "tok_s=" in err
     assert main(["evaluate", str(run)]) == 0
     err = capsys.readouterr().err

@@ -34,7 +34,8 @@ def script(name, *args, timeout=600):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, ptb_folder):
     "A run directory of the tiny preset after one short epoch (about 10 s)."
-    from awd_edu.train import TrainConfig, Trainer
+    from awd_edu.config import TrainConfig
+    from awd_edu.train import Trainer
     run_dir = tmp_path_factory.mktemp("runs") / "tiny-run"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -69,7 +70,7 @@ def test_dynamic_eval_refuses_bad_values_by_name(tmp_path, flags, named):
 def test_dynamic_eval_records_the_four_methods_chosen_on_validation_and_resumes(tiny_run, tmp_path):
     from awd_edu.cache import evaluate_with_cache
     from awd_edu.data import batchify
-    from awd_edu.train import load_best
+    from awd_edu.rundir import load_best
     out = tmp_path / "d.json"
     args = ["--run", tiny_run, "--max-tokens", 400, "--grad-batches", 3, "--search-tokens", 150, "--time-tokens", 60,
             "--etas", "1e-4", "3e-3", "--lams", "0.002", "0.02", "--threads", 1, "--out", out]

@@ -163,7 +163,7 @@ def test_patched_copy_leaves_the_checkout_alone(tmp_path):
 
 
 def test_reference_command_passes_every_shared_setting():
-    from awd_edu.train import TrainConfig
+    from awd_edu.config import TrainConfig
     cfg = TrainConfig.from_preset("ptb").replace(**fidelity.SMALL, seed=7, epochs=3).to_dict()
     argv = fidelity.reference_command(cfg, "/data", "m.pt")
     assert argv[0] == "main.py" and "--cuda" in argv  # store_false in main.py: passing it switches CUDA off

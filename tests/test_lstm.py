@@ -173,7 +173,7 @@ def test_from_torch_copies_not_shares():
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="input_size"):
         LSTMCell(0, 3)
-    with pytest.raises(ValueError, match="hidden_size"):
+    with pytest.raises(TypeError, match="hidden_size"):   # the wrong type: TypeError (awd_edu.checks)
         LSTMCell(3, 2.5)
     with pytest.raises(ValueError, match="num_layers"):
         ScratchLSTM(3, 4, num_layers=0)

@@ -1,10 +1,16 @@
 """The project's own promises: environment.yml matches settings.ini, README matches index.ipynb, metadata is whole."""
+import ast
 import configparser
+import importlib
+import importlib.util
 import json
+import pkgutil
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge/pytorch channel name, where they differ
@@ -127,3 +133,32 @@ def test_binder_installs_the_package_with_its_pictures_and_the_same_torch_bound(
     torch_req = [r for r in settings()["requirements"].split() if r.startswith("torch")][0]
     assert torch_req in lines and "-e .[viz]" in lines
     assert settings()["viz_requirements"].split(), "the viz extra must name the faces' packages"
+
+
+def awd_edu_modules():
+    "Every module of the package (core and pictures), by name, without the notebook index `_modidx`."
+    import awd_edu
+    return sorted(m.name for m in pkgutil.walk_packages(awd_edu.__path__, "awd_edu.") if m.name != "awd_edu._modidx")
+
+
+def test_every_name_in_all_and_every_function_a_module_defines_is_a_real_object():
+    "`__all__` promises real objects, and a decorator that attaches a function to a class must hand it back (not None)."
+    if importlib.util.find_spec("plotly") is None:
+        pytest.skip("the viz modules need plotly")
+    missing = []
+    for name in awd_edu_modules():
+        module = importlib.import_module(name)
+        defined = [node.name for node in ast.parse(Path(module.__file__).read_text()).body
+                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        for export in [*getattr(module, "__all__", []), *defined]:
+            if getattr(module, export, None) is None:
+                missing.append(f"{name}.{export}")
+    assert not missing, f"names that are missing or None at module level: {missing}"
+
+
+def test_no_module_imports_a_name_it_does_not_use():
+    pytest.importorskip("pyflakes")
+    files = [str(p) for p in sorted((ROOT / "awd_edu").rglob("*.py")) if p.name != "_modidx.py"]
+    out = subprocess.run([sys.executable, "-m", "pyflakes", *files], capture_output=True, text=True).stdout
+    unused = [line for line in out.splitlines() if "imported but unused" in line]
+    assert not unused, "unused imports (delete them, or list a re-export in __all__):\n" + "\n".join(unused)

@@ -10,7 +10,8 @@ from awd_edu.cache import CACHE_PRESETS, evaluate_with_cache
 from awd_edu.config import TrainConfig
 from awd_edu.data import batchify
 from awd_edu.hub import file_sha256
-from awd_edu.train import Trainer, load_best
+from awd_edu.rundir import load_best
+from awd_edu.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -18,6 +18,7 @@ import awd_edu.checkpoint as ckpt
 import awd_edu.messages as messages
 import awd_edu.train as T
 from awd_edu.cli import main
+from awd_edu.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800", "--quiet", "--no-report"]
@@ -137,7 +138,7 @@ def test_two_terminals_training_one_folder(tmp_path):
     assert second.returncode == 2 and f"is in use by process {first.pid}" in second.stderr, second.stderr
     assert other.returncode == 2 and "nothing was changed" in other.stderr, other.stderr
     assert "Traceback" not in second.stderr + other.stderr
-    assert T.TrainConfig.load(folder / "config.json").seed == 141   # the first run's config, not the other's
+    assert TrainConfig.load(folder / "config.json").seed == 141   # the first run's config, not the other's
     assert [m["epoch"] for m in ckpt.read_metrics(folder)] == [1, 2, 3, 4, 5, 6]   # each epoch logged once
 
 
@@ -167,7 +168,7 @@ def test_train_into_a_finished_run_without_checkpoints_is_refused(run, capsys):
 
 def test_a_run_killed_in_its_first_epoch_starts_again_and_leaves_no_temporary_file(tmp_path, capsys):
     folder = tmp_path / "r"
-    cfg = T.TrainConfig.from_preset("tiny", max_train_tokens=4000, max_eval_tokens=800)
+    cfg = TrainConfig.from_preset("tiny", max_train_tokens=4000, max_eval_tokens=800)
     folder.mkdir()
     cfg.save(folder / "config.json")
     (folder / "metrics.jsonl").write_text("")
@@ -336,7 +337,7 @@ def test_a_relative_data_dir_works_from_another_folder_and_a_moved_one_is_named(
     shutil.copytree(ptb_folder, data)
     monkeypatch.chdir(tmp_path / "data")
     assert main(["train", "--run-dir", str(tmp_path / "r"), "--epochs", "1", "--data-dir", "ptb"] + TINY) == 0
-    assert T.TrainConfig.load(tmp_path / "r" / "config.json").data_dir == str(data)   # stored resolved
+    assert TrainConfig.load(tmp_path / "r" / "config.json").data_dir == str(data)   # stored resolved
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "r", "--quiet"]) == 0 and main(["resume", "r", "--epochs", "2", "--quiet", "--no-report"]) == 0
     moved = tmp_path / "elsewhere" / "ptb"
@@ -347,7 +348,7 @@ def test_a_relative_data_dir_works_from_another_folder_and_a_moved_one_is_named(
         assert f"says the data is in {data}" in err and "--data-dir DIR" in err
     assert main(["evaluate", "r", "--quiet", "--data-dir", str(moved)]) == 0
     assert main(["resume", "r", "--epochs", "3", "--quiet", "--no-report", "--data-dir", "elsewhere/ptb"]) == 0
-    assert T.TrainConfig.load(tmp_path / "r" / "config.json").data_dir == str(moved)
+    assert TrainConfig.load(tmp_path / "r" / "config.json").data_dir == str(moved)
 
 
 @pytest.mark.parametrize("device", ["gpu0", "tpu", "cuda:x"])

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import awd_edu.train as T
 from awd_edu.checkpoint import CheckpointError, checkpoint_dir, load_weights, read_metadata, read_metrics, read_pointer
-from awd_edu.config import TrainConfig
-from awd_edu.loop import TrainingDiverged, simple_fit, unigram_perplexity
-from awd_edu.train import Trainer, load_best
+from awd_edu.config import TrainConfig, build_model
+from awd_edu.loop import TrainingDiverged, evaluate, simple_fit, unigram_perplexity
+from awd_edu.rundir import load_best
+from awd_edu.train import Trainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for the module
@@ -110,7 +110,7 @@ def test_best_weights_give_the_best_valid_loss_and_test_runs_at_batch_1(tiny_run
     assert json.loads((trainer.run_dir / "results.json").read_text())["train"]["test_ppl"] == result["test_ppl"]
     config, corpus, model = load_best(trainer.run_dir, "cpu", ptb_corpus)
     assert config == trainer.config
-    assert T.evaluate(model, trainer.data["valid"], config.bptt) == result["valid_loss"]
+    assert evaluate(model, trainer.data["valid"], config.bptt) == result["valid_loss"]
 
 
 # ---------------------------------------------------------------- the pieces of a step, inside the trainer
@@ -171,7 +171,7 @@ def test_switch_to_asgd_on_the_trigger_epoch_and_average_from_then_on(ptb_corpus
     assert isinstance(trainer.optimizer, torch.optim.ASGD)
     assert averaged == [False] * k + [True] * (len(losses) - k)   # from the first epoch trained with ASGD
     # the last epoch was the best: best.safetensors holds the averages, not the live weights
-    best = T.build_model(trainer.config, trainer.vocab_size)
+    best = build_model(trainer.config, trainer.vocab_size)
     load_weights(best, trainer.run_dir / "best.safetensors")
     for p, q in zip(trainer.model.parameters(), best.parameters()):
         assert torch.equal(q, trainer.optimizer.state[p]["ax"])

@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 from plotly.subplots import make_subplots
 
 from ..lstm import memory_trace
@@ -58,7 +57,7 @@ def gates_figure(acts: dict,  # `run_gates` output: i, f, c_tilde, o, c, h, each
                  sequence: int = 0,  # which sequence of the batch to show
                 ) -> go.Figure:
     "Six stacked heatmaps (i, f, o, c̃, h, c), units down, words across; c on its own scale, up to its largest |c|."
-    T, H = acts["h"].shape[0], acts["h"].shape[2]
+    T = acts["h"].shape[0]
     if len(words) != T:
         raise ValueError(f"gates_figure: words must have one word per time step ({T}), got {len(words)}")
     fig = make_subplots(rows=len(_PANELS), cols=1, shared_xaxes=True, vertical_spacing=0.04,
