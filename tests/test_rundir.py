@@ -444,7 +444,7 @@ def started(folder, timeout=300):
 @pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_ctrl_c_twice_or_sigterm_is_one_line_and_resumes(tmp_path, sig, status, word):
     folder = tmp_path / "r"
-    p = subprocess.Popen([sys.executable, "-m", "awd_edu", "train", "--run-dir", str(folder), "--epochs", "50",
+    p = subprocess.Popen([sys.executable, "-m", "awd_edu", "train", "--run-dir", str(folder), "--epochs", "500",
                           "--preset", "tiny", "--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800",
                           "--quiet"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started(folder)

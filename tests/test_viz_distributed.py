@@ -65,6 +65,6 @@ def test_masks_figure_shows_both_ways_and_says_which_agree():
     fig = masks_figure()
     assert len(fig.data) == 10 and all(set(np.ravel(tr.z)) <= {0, 1} for tr in fig.data)
     notes = [a.text for a in fig.layout.annotations if a.text.startswith("<b>")]
-    assert notes == ["<b>before: a stream per process</b>: U masks differ, locked masks differ from one process",
-                     "<b>now: one shared stream</b>: U masks equal, locked masks equal one process"]
+    assert notes == ["<b>before<br>a stream per process</b><br>U masks differ,<br>locked masks differ from<br>one process's",
+                     "<b>now<br>one shared stream</b><br>U masks equal,<br>locked masks equal<br>one process's"]
     np.testing.assert_array_equal(np.asarray(fig.data[5].z), np.asarray(fig.data[6].z))   # one U mask everywhere

@@ -89,7 +89,7 @@ def test_bad_arguments_are_refused_with_the_fix():
         temperature_figure(scores(), ITOS, k=V)
     with pytest.raises(ValueError, match="active"):
         temperature_figure(scores(), ITOS, temperatures=(1.0, 2.0), active=2)
-    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         temperature_figure(scores(), ITOS, temperatures=(0.0, 1.0), active=1)
 
 

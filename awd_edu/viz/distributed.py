@@ -111,37 +111,36 @@ _KEEP = [[0, "#ffffff"], [0.5, "#ffffff"], [0.5, "#3b6ea8"], [1, "#3b6ea8"]]   #
 
 def masks_figure(world_size: int = 2, batch: int = 8, features: int = 6, hidden: int = 3, p: float = 0.5,
                  seed: int = 0) -> go.Figure:
-    "Two rows (a stream per process; one shared stream): the U masks of one process and of each process, and the locked masks of the batch."
+    "Two columns (a stream per process; one shared stream): the U masks of one process and of each process, and the locked masks of the batch."
     W = world_size
-    titles = []
-    for shared in (False, True):
-        titles += ["one process: U mask"] + [f"process {r}: U mask" for r in range(W)] + \
-                  ["one process: locked masks", " | ".join(f"process {r}" for r in range(W)) + ": locked masks"]
-    fig = make_subplots(rows=2, cols=W + 3, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.22,
-                        column_widths=[1] * (W + 1) + [1.6, 1.6])
+    names = ["U: one process"] + [f"U: process {r}" for r in range(W)] + \
+            ["locked: one process", "locked: " + " | ".join(str(r) for r in range(W))]
+    titles = [t for name in names for t in (name, name)]                  # row by row: the same panel, both ways
+    fig = make_subplots(rows=W + 3, cols=2, subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.07,
+                        row_heights=[1] * (W + 1) + [1.6, 1.6])
     verdicts = []
-    for row, shared in enumerate((False, True), 1):
+    for col, shared in enumerate((False, True), 1):
         d = mask_draws(shared, W, batch, features, hidden, p, seed)
         one_w, one_l = d["one"]["weight"], d["one"]["locked"]
         joined = torch.cat([r["locked"] for r in d["ranks"]])            # (B, F): the batch's masks, process by process
         same_w = all(torch.equal(r["weight"], one_w) for r in d["ranks"])
         verdicts.append((same_w, torch.equal(joined, one_l)))
         panels = [one_w.T] + [r["weight"].T for r in d["ranks"]] + [one_l.T, joined.T]   # (H, 4H) and (F, B)
-        for col, z in enumerate(panels, 1):
+        for row, z in enumerate(panels, 1):
             fig.add_trace(go.Heatmap(z=(z > 0).int().tolist(), zmin=0, zmax=1, colorscale=_KEEP, showscale=False,
                                      xgap=1, ygap=1, hovertemplate="%{z} (1 kept, 0 dropped)<extra></extra>"),
                           row=row, col=col)
         for r in range(1, W):                                             # where one process's sequences end
-            fig.add_vline(x=r * batch // W - 0.5, line=dict(color="#d62728", width=3), row=row, col=W + 3)
+            fig.add_vline(x=r * batch // W - 0.5, line=dict(color="#d62728", width=3), row=W + 3, col=col)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    for row, (label, (same_w, same_l)) in enumerate(zip(("before: a stream per process", "now: one shared stream"),
+    for col, (label, (same_w, same_l)) in enumerate(zip(("before<br>a stream per process", "now<br>one shared stream"),
                                                          verdicts)):
-        fig.add_annotation(text=f"<b>{label}</b>: U masks {'equal' if same_w else 'differ'}, locked masks "
-                                f"{'equal one process' if same_l else 'differ from one process'}",
-                           x=0, xref="paper", y=1.09 if row == 0 else 0.47, yref="paper", showarrow=False,
-                           xanchor="left", yanchor="bottom", font=dict(size=13))
-    apply_style(fig, height=520, legend="none",
-                title=f"The masks of one step, {W} processes: blue kept, white dropped (p = {p})")
-    return fig.update_layout(margin_t=130)   # room for the first row's verdict between the title and the panels
+        fig.add_annotation(text=f"<b>{label}</b><br>U masks {'equal' if same_w else 'differ'},<br>locked masks "
+                                f"{'equal' if same_l else 'differ from'}<br>one process's",
+                           x=0.23 if col == 0 else 0.77, xref="paper", y=1.035, yref="paper", showarrow=False,
+                           xanchor="center", yanchor="bottom", font=dict(size=12))
+    apply_style(fig, height=760, legend="none",
+                title=f"The masks of one step, {W} processes:<br>blue kept, white dropped (p = {p})")
+    return fig.update_layout(margin_t=190)   # room for the two columns' verdicts between the title and the panels
 
