@@ -51,6 +51,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the converged run's directory (trained, then fine-tuned)")
     p.add_argument("--run-commit", help="the commit the run was trained at (default: this checkout's)")
+    p.add_argument("--run-command", action="append",
+                   help="a command that made the run, in order (repeat it; default: train with the preset, then "
+                        "finetune)")
+    p.add_argument("--rebuild-command", action="append",
+                   help="the commands that rebuild the same weights in one go (repeat it; default: --run-command's)")
     p.add_argument("--baseline", help="the baseline's run directory (the everything-off ablation at the same sizes)")
     p.add_argument("--baseline-commit", help="the commit the baseline was trained at")
     p.add_argument("--baseline-command", action="append",
@@ -153,8 +158,9 @@ def main(argv=None) -> int:
                         dict(scored["results"], anchors=ANCHORS),
                         summary=(f"valid {scored['valid_ppl']:.2f} / test {scored['test_ppl']:.2f}, "
                                  f"{scored['test_ppl_cache']:.2f} with the cache"), tiny=False, argv=argv)
-    rec.update(run_command=["awd-edu train --preset ptb-cpu --device cpu --run-dir runs/ptb-cpu",
-                            "awd-edu finetune runs/ptb-cpu"],
+    run_command = args.run_command or old.get("run_command") or [
+        "awd-edu train --preset ptb-cpu --device cpu --run-dir runs/ptb-cpu", "awd-edu finetune runs/ptb-cpu"]
+    rec.update(run_command=run_command, rebuild_command=args.rebuild_command or old.get("rebuild_command") or run_command,
                run_git_commit=args.run_commit or old.get("run_git_commit") or rec["git_commit"],
                n_params=scored["n_params"], wall_hours=wall_hours(metrics), wall_hours_means=WALL_HOURS,
                epoch_seconds_median=round(statistics.median(m["seconds"] for m in metrics), 1),

@@ -67,13 +67,16 @@ def test_the_record_holds_the_run_its_cache_choice_and_its_weights(runs, ptb_cor
     # recorded again with the baseline: the scores are reused, the baseline added
     capsys.readouterr()
     ptb_cpu_run.main(["--run", str(folder / "run"), "--baseline", str(folder / "base"), "--out", str(out),
-                      "--threads", "1", "--baseline-command", "first", "--baseline-command", "then"])
+                      "--threads", "1", "--baseline-command", "first", "--baseline-command", "then",
+                      "--run-command", "train it", "--run-command", "fine-tune it", "--rebuild-command", "in one go"])
     assert "reused" in capsys.readouterr().out
     rec2 = json.loads(out.read_text())
     assert rec2["test_ppl"] == rec["test_ppl"] and rec2["wall_hours"] == rec["wall_hours"]
     valid_ppl = [m["valid_ppl"] for m in base.history]
     b = rec2["baseline"]
     assert b["commands"] == ["first", "then"]                                  # in the order given
+    assert rec2["run_command"] == ["train it", "fine-tune it"] and rec2["rebuild_command"] == ["in one go"]
+    assert rec["rebuild_command"] == rec["run_command"]                        # without one, the run's own commands
     assert b["best_valid_ppl"] == min(valid_ppl) and b["last_valid_ppl"] == valid_ppl[-1]
     assert b["best_at"] == valid_ppl.index(min(valid_ppl)) + 1 and len(b["epochs"]) == len(base.history)
     assert math.isclose(b["rise_above_best_pct"], 100 * (valid_ppl[-1] / min(valid_ppl) - 1))
