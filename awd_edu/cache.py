@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
-
 import torch
 
+from .checks import check_int, check_number
 from .data import get_batch
+from .loop import perplexity
+from .model import eval_mode
 
 # %% auto #0
 __all__ = ['CACHE_PRESETS', 'cache_nll_loop', 'NeuralCache', 'mix_nll', 'cache_log_p', 'cache_nll', 'stream_outputs',
@@ -24,15 +25,10 @@ CACHE_PRESETS = {
 
 
 def _check_cache_args(window, theta, lambdasm, fn: str) -> tuple:
-    "`(window, theta, lambdasm)` as int, float, float, or a ValueError naming the bad one."
-    if isinstance(window, bool) or not isinstance(window, Integral) or window < 1:
-        raise ValueError(f"{fn}: window must be an int >= 1 (past positions kept in the cache), got {window!r}")
-    if isinstance(theta, bool) or not isinstance(theta, Real) or not 0.0 <= theta < math.inf:
-        raise ValueError(f"{fn}: theta must be a finite number >= 0 (it scales the dot products), got {theta!r}")
-    if isinstance(lambdasm, bool) or not isinstance(lambdasm, Real) or not 0.0 <= lambdasm <= 1.0:
-        raise ValueError(f"{fn}: lambdasm must be a number in [0, 1] (the cache's weight in the mixture), "
-                         f"got {lambdasm!r}")
-    return int(window), float(theta), float(lambdasm)
+    "`(window, theta, lambdasm)` as int, float, float; a TypeError or ValueError names a bad one (chapter 00's rule)."
+    return (check_int(window, "window", 1, fn=fn, hint="past positions kept in the cache"),
+            check_number(theta, "theta", 0.0, fn=fn, hint="it scales the dot products"),
+            check_number(lambdasm, "lambdasm", 0.0, 1.0, fn=fn, hint="the cache's weight in the mixture"))
 
 
 def _check_stream(fn: str, hiddens, targets, logits=None):
@@ -148,8 +144,7 @@ def cache_log_p(hiddens: torch.Tensor,  # h_t of a stream, (T, H)
                 chunk_size: int = 512,  # positions per score matrix (memory: chunk_size x (window + chunk_size))
                ) -> torch.Tensor:
     "log p_cache(next word) over a whole stream, `(T,)` float64, NaN for the first `window` positions; chunk by chunk."
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral) or chunk_size < 1:
-        raise ValueError(f"cache_log_p: chunk_size must be an int >= 1, got {chunk_size!r}")
+    check_int(chunk_size, "chunk_size", 1, fn="cache_log_p")
     cache = NeuralCache(window, theta, 0.0)
     _check_stream("cache_log_p", hiddens, targets)
     parts = [cache.log_p_cache(hiddens[s:s + chunk_size], targets[s:s + chunk_size])
@@ -190,21 +185,15 @@ def stream_outputs(model,  # an `AWDLSTM` (or any model with its interface), run
                   ):
     "Yield `(logits (T, V), hiddens (T, H), targets (T,))` window by window, the LSTM state carried, no dropout or grad."
     _check_source(source, "stream_outputs")
-    if isinstance(bptt, bool) or not isinstance(bptt, Integral) or bptt < 1:
-        raise ValueError(f"stream_outputs: bptt must be an int >= 1, got {bptt!r}")
+    check_int(bptt, "bptt", 1, fn="stream_outputs")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            hidden = model.init_hidden(1)
-            for i in range(0, len(source) - 1, bptt):
-                x, y = get_batch(source, i, bptt)  # (T, 1) each; y is x one step later
-                out = model(x.to(device), hidden)
-                hidden = out.hidden  # carried into the next window: one unbroken text
-                yield out.logits[:, 0], out.raw_outputs[-1][:, 0], y[:, 0].to(device)  # (T, V), (T, H), (T,)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        hidden = model.init_hidden(1)
+        for i in range(0, len(source) - 1, bptt):
+            x, y = get_batch(source, i, bptt)  # (T, 1) each; y is x one step later
+            out = model(x.to(device), hidden)
+            hidden = out.hidden  # carried into the next window: one unbroken text
+            yield out.logits[:, 0], out.raw_outputs[-1][:, 0], y[:, 0].to(device)  # (T, V), (T, H), (T,)
 
 
 def evaluate_with_cache(model,  # an `AWDLSTM` (or any model with its interface)
@@ -223,7 +212,7 @@ def evaluate_with_cache(model,  # an `AWDLSTM` (or any model with its interface)
         total += nll.sum().item()
         base_total += base_nll.sum().item()
     n = len(source) - 1  # every position but the last predicts one word
-    return dict(loss=total / n, ppl=math.exp(total / n), base_loss=base_total / n, base_ppl=math.exp(base_total / n))
+    return dict(loss=total / n, ppl=perplexity(total / n), base_loss=base_total / n, base_ppl=perplexity(base_total / n))
 
 
 def collect_outputs(model,  # an `AWDLSTM` (or any model with its interface)
@@ -243,7 +232,6 @@ def cache_attention(hiddens: torch.Tensor,  # h of a stream, (T, H)
                    ) -> torch.Tensor:
     "The attention `a (W,)` of position `t` over its stored positions `t-W .. t-1`, oldest first."
     W, theta, _ = _check_cache_args(window, theta, 0.0, "cache_attention")
-    if isinstance(t, bool) or not isinstance(t, Integral) or not W <= t < len(hiddens):
-        raise ValueError(f"cache_attention: t must be an int in [window, T) = [{W}, {len(hiddens)}), got {t!r}")
+    check_int(t, "t", W, len(hiddens) - 1, fn="cache_attention", hint="a position with a full window before it")
     h = hiddens.detach().double()
     return torch.softmax(theta * (h[t - W:t] @ h[t]), dim=0)  # a_i = softmax_i(theta h_t . h_i), i = t-W .. t-1

@@ -8,20 +8,19 @@ from __future__ import annotations
 import copy
 import math
 import time
-from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
 
 from .cache import NeuralCache, _check_source
+from .checks import check_int, check_number
 from .data import batchify, get_batch
-from .loop import evaluate
-from .model import detach_hidden
+from .loop import evaluate, perplexity
+from .model import detach_hidden, eval_mode
 
 # %% auto #0
-__all__ = ['DYNAMIC_DEFAULTS', 'DYNAMIC_GRID', 'DYNAMIC_SEARCH', 'check_dynamic_args', 'search_grid', 'perplexity_of',
-           'gradient_rms', 'rms_norm', 'dynamic_update', 'dynamic_outputs', 'evaluate_dynamic', 'search_dynamic',
-           'score_dynamic']
+__all__ = ['DYNAMIC_DEFAULTS', 'DYNAMIC_GRID', 'DYNAMIC_SEARCH', 'check_dynamic_args', 'search_grid', 'gradient_rms', 'rms_norm',
+           'dynamic_update', 'dynamic_outputs', 'evaluate_dynamic', 'search_dynamic', 'score_dynamic']
 
 # %% ../nbs/09a_dynamic_eval.ipynb #b7c9f8c1
 DYNAMIC_DEFAULTS = dict(bptt=5, eta=5e-5, lam=0.002, eps=2e-5, batch_size=100)  # dynamiceval.py's defaults (AWD-LSTM, PTB)
@@ -31,42 +30,19 @@ DYNAMIC_GRID = dict(etas=(3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4), lams=(0.001, 0.00
 DYNAMIC_SEARCH = dict(etas=(3e-5, 5e-5, 1e-4, 2e-4, 4e-4), lams=(0.001, 0.002, 0.005), tokens=10_000)
 
 
-def _check_number(value, name: str, fn: str, low: float, high: float = math.inf, low_open: bool = False,
-                  why: str = "") -> float:
-    "`value` as a float in [low, high] ((low, high] with `low_open`), or a ValueError naming it and the range."
-    ok = (not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
-          and (value > low if low_open else value >= low) and value <= high)
-    if not ok:
-        where = (f"in {'(' if low_open else '['}{low:g}, {high:g}]" if high < math.inf
-                 else f"{'>' if low_open else '>='} {low:g}")
-        raise ValueError(f"{fn}: {name} must be a finite number {where}{why}, got {value!r}")
-    return float(value)
-
-
-def _check_int(value, name: str, fn: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{fn}: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 def check_dynamic_args(eta, lam, eps=DYNAMIC_DEFAULTS["eps"], bptt=DYNAMIC_DEFAULTS["bptt"],
                        fn: str = "check_dynamic_args") -> tuple:
     "`(eta, lam, eps, bptt)` checked: eta >= 0, lam in [0, 1], eps > 0, bptt an int >= 1; a ValueError names a bad one."
-    return (_check_number(eta, "eta", fn, 0.0, why=" (the step size; 0 gives the static model)"),
-            _check_number(lam, "lam", fn, 0.0, 1.0, why=" (the decay rate towards the trained weights)"),
-            _check_number(eps, "eps", fn, 0.0, low_open=True, why=" (it keeps the step finite where the RMS is 0)"),
-            _check_int(bptt, "bptt", fn))
+    return (check_number(eta, "eta", 0.0, fn=fn, hint="the step size; 0 gives the static model"),
+            check_number(lam, "lam", 0.0, 1.0, fn=fn, hint="the decay rate towards the trained weights"),
+            check_number(eps, "eps", 0.0, above=True, fn=fn, hint="it keeps the step finite where the RMS is 0"),
+            check_int(bptt, "bptt", 1, fn=fn))
 
 
 def search_grid(bptt: int = 5) -> tuple:
     "`(etas, lams)`: dynamiceval.py's --grid lists, both scaled by bptt / 5 as its code scales them."
-    s = _check_int(bptt, "bptt", "search_grid") / 5.0
+    s = check_int(bptt, "bptt", 1, fn="search_grid") / 5.0
     return tuple(x * s for x in DYNAMIC_GRID["etas"]), tuple(x * s for x in DYNAMIC_GRID["lams"])
-
-
-def perplexity_of(loss: float) -> float:
-    "exp(loss), inf where that overflows (a diverged setting of a search) and nan for nan."
-    return math.exp(loss) if loss < 700 else (math.inf if loss == loss else math.nan)
 
 # %% ../nbs/09a_dynamic_eval.ipynb #14b8c22e
 def _params(model) -> dict:
@@ -80,9 +56,9 @@ def gradient_rms(model,  # a trained `AWDLSTM` (or any model with its interface)
                  max_batches: int | None = None,  # stop after this many batches; None: the whole text
                 ) -> dict:
     "sqrt(MS_g) per parameter name: the root mean square over training batches of the gradient of each batch's mean loss."
-    bptt = _check_int(bptt, "bptt", "gradient_rms")
+    bptt = check_int(bptt, "bptt", 1, fn="gradient_rms")
     if max_batches is not None:
-        max_batches = _check_int(max_batches, "max_batches", "gradient_rms")
+        max_batches = check_int(max_batches, "max_batches", 1, fn="gradient_rms")
     if not isinstance(train, torch.Tensor) or train.dim() != 2 or len(train) < 2 or train.dtype != torch.long:
         got = tuple(train.shape) if isinstance(train, torch.Tensor) else type(train).__name__
         raise ValueError(f"gradient_rms: train must be word ids batchified, (n_steps, batch_size) long with n_steps >= 2 "
@@ -90,9 +66,7 @@ def gradient_rms(model,  # a trained `AWDLSTM` (or any model with its interface)
     device = next(model.parameters()).device
     params = _params(model)
     ms = {name: torch.zeros_like(p) for name, p in params.items()}  # sum over batches of (grad L_k)^2
-    was_training = model.training
-    model.eval()  # the dropouts off: the gradients of the model that will be evaluated
-    try:
+    with eval_mode(model):  # the dropouts off: the gradients of the model that will be evaluated
         hidden, n = model.init_hidden(train.size(1)), 0
         for i in range(0, len(train) - 1, bptt):
             x, y = get_batch(train, i, bptt)  # (n, B) each
@@ -107,8 +81,6 @@ def gradient_rms(model,  # a trained `AWDLSTM` (or any model with its interface)
             if max_batches is not None and n >= max_batches:
                 break
         model.zero_grad(set_to_none=True)
-    finally:
-        model.train(was_training)
     return {name: torch.sqrt(s / n) for name, s in ms.items()}  # sqrt(MS_g) = sqrt(1/N_b sum_k (grad L_k)^2)
 
 
@@ -116,7 +88,7 @@ def rms_norm(ms_sqrt: dict,  # sqrt(MS_g) per parameter name, from `gradient_rms
              lam: float,  # the decay rate lambda: RMS_norm is clipped at 1 / lambda
             ) -> dict:
     "RMS_norm per parameter: sqrt(MS_g) / avg(sqrt(MS_g)) (avg: the mean of each tensor's mean), clipped at 1/lambda."
-    lam = _check_number(lam, "lam", "rms_norm", 0.0, 1.0)
+    lam = check_number(lam, "lam", 0.0, 1.0, fn="rms_norm")
     avg = sum(r.mean() for r in ms_sqrt.values()) / len(ms_sqrt)  # dynamiceval.py's gsum / count
     cap = math.inf if lam == 0 else 1.0 / lam  # lambda RMS_norm <= 1: a decay never overshoots theta_g
     return {name: (r / avg).clamp(max=cap) for name, r in ms_sqrt.items()}
@@ -207,10 +179,10 @@ def evaluate_dynamic(model,  # a trained `AWDLSTM` (or any model with its interf
     finally:
         if bar is not None:
             bar.close()
-    out = dict(loss=total / n, ppl=perplexity_of(total / n), tokens=n, seconds=time.perf_counter() - t0,
+    out = dict(loss=total / n, ppl=perplexity(total / n), tokens=n, seconds=time.perf_counter() - t0,
                cpu_seconds=time.process_time() - c0, eta=eta, lam=lam, eps=eps, bptt=bptt)
     if cache is not None:
-        out.update(cache_loss=cache_total / n, cache_ppl=perplexity_of(cache_total / n), cache=dict(cache))
+        out.update(cache_loss=cache_total / n, cache_ppl=perplexity(cache_total / n), cache=dict(cache))
     return out
 
 
@@ -268,4 +240,4 @@ def score_dynamic(model,  # a trained `AWDLSTM`; never changed
     source = batchify(tokens, 1).to(device)   # (n, 1)
     static = evaluate(model, source, bptt, progress=progress)
     out = evaluate_dynamic(model, source, ms_sqrt, eta, lam, eps, bptt, progress=progress)
-    return dict(out, static_loss=static, static_ppl=perplexity_of(static), search=search)
+    return dict(out, static_loss=static, static_ppl=perplexity(static), search=search)

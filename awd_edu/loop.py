@@ -114,7 +114,9 @@ class TrainingDiverged(RuntimeError):
 
 
 def perplexity(loss: float) -> float:
-    "exp(`loss`), or infinity when that overflows (a diverged loss), never an error."
+    "exp(`loss`): infinity when that overflows (a diverged loss), NaN for a NaN loss, never an error."
+    if math.isnan(loss):
+        return math.nan
     return math.exp(loss) if loss < 709 else math.inf   # exp overflows a float64 above 709.78
 
 

@@ -37,7 +37,8 @@ import common  # noqa: E402
 from awd_edu.cache import cache_log_p, collect_outputs, evaluate_with_cache, mix_nll, stream_outputs  # noqa: E402
 from awd_edu.data import batchify  # noqa: E402
 from awd_edu.dynamic import (DYNAMIC_DEFAULTS, DYNAMIC_SEARCH, evaluate_dynamic, gradient_rms,  # noqa: E402
-                             perplexity_of, search_dynamic)
+                             search_dynamic)
+from awd_edu.loop import perplexity  # noqa: E402
 from awd_edu.model import count_parameters  # noqa: E402
 
 NAME = "dynamic-eval"
@@ -145,7 +146,7 @@ def cache_search(model, valid) -> dict:
         lpc = cache_log_p(keys, nexts, CACHE_GRID["window"], theta)
         for lam in CACHE_GRID["lambdas"]:
             loss = mix_nll(lpc, log_p_model, lam).mean().item()
-            grid.append(dict(theta=theta, lambdasm=lam, loss=loss, ppl=perplexity_of(loss)))
+            grid.append(dict(theta=theta, lambdasm=lam, loss=loss, ppl=perplexity(loss)))
     best = min(grid, key=lambda r: r["loss"])
     return dict(grid=grid, best=dict(window=CACHE_GRID["window"], theta=best["theta"], lambdasm=best["lambdasm"]),
                 static_loss=-log_p_model.mean().item())
@@ -180,8 +181,8 @@ def run(args) -> dict:
                     cpu_seconds_static=c_static, cpu_seconds_cache=c_cache, tokens=len(source) - 1)
     sc_valid = steps.get("static_cache_valid", lambda: static_and_cache(valid))
     sc_test = steps.get("static_cache_test", lambda: static_and_cache(test))
-    print(f"static {perplexity_of(sc_valid['static_loss']):.2f} / {perplexity_of(sc_test['static_loss']):.2f}, "
-          f"cache {perplexity_of(sc_valid['cache_loss']):.2f} / {perplexity_of(sc_test['cache_loss']):.2f} "
+    print(f"static {perplexity(sc_valid['static_loss']):.2f} / {perplexity(sc_test['static_loss']):.2f}, "
+          f"cache {perplexity(sc_valid['cache_loss']):.2f} / {perplexity(sc_test['cache_loss']):.2f} "
           f"(validation / test)", flush=True)
 
     # 2. dynamic evaluation: the statistics, the search on validation, then validation and test
@@ -232,11 +233,11 @@ def run(args) -> dict:
         tokens=dict(valid=len(valid) - 1, test=len(test) - 1, search=len(search_src) - 1),
         chosen=dict(cache=cache, dynamic=dict(eta=eta, lam=lam, eps=args.eps, bptt=args.bptt),
                     grad_batches=args.grad_batches or "all", chosen_on="validation only"),
-        valid_ppl_static=perplexity_of(sc_valid["static_loss"]), valid_ppl_cache=perplexity_of(sc_valid["cache_loss"]),
-        valid_ppl_dynamic=perplexity_of(dyn_valid["loss"]),
-        valid_ppl_dynamic_cache=perplexity_of(dyn_valid["cache_loss"]),
-        test_ppl_static=perplexity_of(sc_test["static_loss"]), test_ppl_cache=perplexity_of(sc_test["cache_loss"]),
-        test_ppl_dynamic=perplexity_of(dyn_test["loss"]), test_ppl_dynamic_cache=perplexity_of(dyn_test["cache_loss"]),
+        valid_ppl_static=perplexity(sc_valid["static_loss"]), valid_ppl_cache=perplexity(sc_valid["cache_loss"]),
+        valid_ppl_dynamic=perplexity(dyn_valid["loss"]),
+        valid_ppl_dynamic_cache=perplexity(dyn_valid["cache_loss"]),
+        test_ppl_static=perplexity(sc_test["static_loss"]), test_ppl_cache=perplexity(sc_test["cache_loss"]),
+        test_ppl_dynamic=perplexity(dyn_test["loss"]), test_ppl_dynamic_cache=perplexity(dyn_test["cache_loss"]),
         seconds_per_1k_tokens=dict(
             static=per_1k(sc_test["seconds_static"], sc_test["tokens"]),
             cache=per_1k(sc_test["seconds_cache"], sc_test["tokens"]),

@@ -238,16 +238,18 @@ def test_evaluate_on_cuda_matches_cpu(tiny_model):
 # ---------------------------------------------------------------------------------------------------------------
 # Invalid arguments
 
-BAD = [
-    (dict(window=0), "window"), (dict(window=-3), "window"), (dict(window=2.5), "window"), (dict(window=True), "window"),
-    (dict(theta=-0.1), "theta"), (dict(theta=math.inf), "theta"), (dict(theta=math.nan), "theta"),
-    (dict(theta="1"), "theta"),
-    (dict(lambdasm=-0.01), "lambdasm"), (dict(lambdasm=1.5), "lambdasm"), (dict(lambdasm=math.nan), "lambdasm"),
+BAD = [   # (bad argument, its name, the error chapter 00's rule gives: TypeError for a wrong type)
+    (dict(window=0), "window", ValueError), (dict(window=-3), "window", ValueError),
+    (dict(window=2.5), "window", TypeError), (dict(window=True), "window", TypeError),
+    (dict(theta=-0.1), "theta", ValueError), (dict(theta=math.inf), "theta", ValueError),
+    (dict(theta=math.nan), "theta", ValueError), (dict(theta="1"), "theta", TypeError),
+    (dict(lambdasm=-0.01), "lambdasm", ValueError), (dict(lambdasm=1.5), "lambdasm", ValueError),
+    (dict(lambdasm=math.nan), "lambdasm", ValueError),
 ]
 
 
-@pytest.mark.parametrize("bad,name", BAD)
-def test_bad_cache_args_raise_naming_the_argument(bad, name):
+@pytest.mark.parametrize("bad,name,error", BAD)
+def test_bad_cache_args_raise_naming_the_argument(bad, name, error):
     logits, hiddens, targets = random_stream(T=20, V=5, seed=0)
     args = dict(window=5, theta=1.0, lambdasm=0.1, **{})
     args.update(bad)
@@ -255,16 +257,16 @@ def test_bad_cache_args_raise_naming_the_argument(bad, name):
     for call in (lambda: cache_nll(logits, hiddens, targets, **args),
                  lambda: cache_nll_loop(logits, hiddens, targets, **args),
                  lambda: NeuralCache(**args)):
-        with pytest.raises(ValueError, match=name) as e:
+        with pytest.raises(error, match=name) as e:
             call()
         assert value in str(e.value)
 
 
-@pytest.mark.parametrize("bad,name", BAD)
-def test_evaluate_rejects_bad_cache_args(tiny_model, bad, name):
+@pytest.mark.parametrize("bad,name,error", BAD)
+def test_evaluate_rejects_bad_cache_args(tiny_model, bad, name, error):
     args = dict(window=5, theta=1.0, lambdasm=0.1)
     args.update(bad)
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(error, match=name):
         evaluate_with_cache(tiny_model, batchify(torch.arange(30) % 50, 1), **args)
 
 
@@ -293,5 +295,7 @@ def test_stream_shape_errors():
         cache_nll(logits, hiddens, targets.float(), 5, 1.0, 0.1)
     with pytest.raises(ValueError, match="chunk_size"):
         cache_nll(logits, hiddens, targets, 5, 1.0, 0.1, chunk_size=0)
-    with pytest.raises(ValueError, match=r"t must be an int in \[window, T\)"):
+    with pytest.raises(ValueError, match=r"cache_attention: t must be an int in \[5, 19\] \(a position with a full window"):
         cache_attention(hiddens, 3, 5, 1.0)
+    with pytest.raises(TypeError, match="cache_attention: t must be an int"):
+        cache_attention(hiddens, 7.0, 5, 1.0)

@@ -15,7 +15,7 @@ import awd_edu.dynamic as dyn
 from awd_edu.cache import NeuralCache, cache_nll, stream_outputs
 from awd_edu.data import batchify
 from awd_edu.dynamic import (DYNAMIC_DEFAULTS, DYNAMIC_GRID, DYNAMIC_SEARCH, check_dynamic_args, dynamic_outputs, dynamic_update,
-                             evaluate_dynamic, gradient_rms, perplexity_of, rms_norm, search_dynamic, search_grid)
+                             evaluate_dynamic, gradient_rms, rms_norm, search_dynamic, search_grid)
 from awd_edu.model import AWDLSTM
 
 V = 30
@@ -76,18 +76,20 @@ def test_search_grid_scales_both_lists_by_bptt_over_5():
     assert etas == pytest.approx([4 * x for x in DYNAMIC_GRID["etas"]]) and lams == pytest.approx([0.004, 0.008, 0.012, 0.02])
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(eta=-1e-5), "eta"), (dict(eta=float("inf")), "eta"), (dict(eta=float("nan")), "eta"), (dict(eta="1e-5"), "eta"),
-    (dict(eta=True), "eta"), (dict(lam=-0.1), "lam"), (dict(lam=1.01), "lam"), (dict(eps=0.0), "eps"),
-    (dict(eps=-1e-8), "eps"), (dict(bptt=0), "bptt"), (dict(bptt=2.5), "bptt")])
-def test_bad_values_are_refused_by_name(toy, ms_sqrt, repeated, kwargs, name):
+@pytest.mark.parametrize("kwargs, name, error", [
+    (dict(eta=-1e-5), "eta", ValueError), (dict(eta=float("inf")), "eta", ValueError),
+    (dict(eta=float("nan")), "eta", ValueError), (dict(eta="1e-5"), "eta", TypeError), (dict(eta=True), "eta", TypeError),
+    (dict(lam=-0.1), "lam", ValueError), (dict(lam=1.01), "lam", ValueError), (dict(eps=0.0), "eps", ValueError),
+    (dict(eps=-1e-8), "eps", ValueError), (dict(bptt=0), "bptt", ValueError), (dict(bptt=2.5), "bptt", TypeError)])
+def test_bad_values_are_refused_by_name(toy, ms_sqrt, repeated, kwargs, name, error):
+    "Chapter 00's rule: a wrong type is a TypeError, a bad value a ValueError, each naming the function and argument."
     args = dict(eta=1e-3, lam=0.002, eps=2e-5, bptt=5) | kwargs
-    with pytest.raises(ValueError, match=f"^evaluate_dynamic: {name} must be"):
+    with pytest.raises(error, match=f"^evaluate_dynamic: {name} must be"):
         evaluate_dynamic(toy, repeated, ms_sqrt, **args)
-    with pytest.raises(ValueError, match=f"^dynamic_outputs: {name} must be"):
+    with pytest.raises(error, match=f"^dynamic_outputs: {name} must be"):
         next(dynamic_outputs(toy, repeated, ms_sqrt, **args))
     grid = dict(etas=(1e-3, args["eta"]), lams=(0.002, args["lam"]), eps=args["eps"], bptt=args["bptt"])
-    with pytest.raises(ValueError, match=f"^search_dynamic: {name} must be"):
+    with pytest.raises(error, match=f"^search_dynamic: {name} must be"):
         search_dynamic(toy, repeated, ms_sqrt, **grid)
 
 
@@ -112,9 +114,6 @@ def test_statistics_of_another_model_are_refused(toy, repeated):
         evaluate_dynamic(toy, repeated, wrong)
 
 
-def test_perplexity_of_overflow_and_nan():
-    assert perplexity_of(math.log(50.0)) == pytest.approx(50.0)
-    assert perplexity_of(1e4) == math.inf and math.isnan(perplexity_of(math.nan))
 
 
 # ---------------------------------------------------------------------------------------------------------------

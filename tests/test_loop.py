@@ -71,6 +71,7 @@ def test_the_divergence_bound_and_perplexity_overflow():
     assert divergence_bound(10_000) == pytest.approx(3 * 9.2103, abs=1e-3)
     assert perplexity(math.log(50)) == pytest.approx(50)
     assert perplexity(1e4) == math.inf and perplexity(math.inf) == math.inf   # never OverflowError
+    assert math.isnan(perplexity(math.nan))                                 # a NaN loss is no perplexity
 
 
 def test_evaluate_is_deterministic_leaves_the_mode_and_shows_progress(capsys):
