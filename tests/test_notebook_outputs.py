@@ -21,6 +21,8 @@ STRAY_VALUE = re.compile(r"^(-?\d+(\.\d+)?|None|(Posix|Windows)?Path\(.*\))$")
 # Docstrings a method inherits when it has none of its own (show_doc then shows the base class's words).
 BOILERPLATE = re.compile(r"Define the computation performed at every call|Should be overridden by all subclasses|"
                          r"Initialize self\.\s+See help\(type\(self\)\)|Return repr\(self\)")
+WIDGET_MIME, PLOTLY_MIME = "application/vnd.jupyter.widget-view+json", "application/vnd.plotly.v1+json"
+PROGRESS = re.compile(r"\d+%\|")   # tqdm's bar: "  0%|          | 0/210"
 RECORDS = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
 
 
@@ -39,6 +41,23 @@ def outputs(nb_path):
                 yield i, kind, "".join(data.get("text/plain", ""))
                 if "text/markdown" in data:                            # show_doc's page: the docstring as shown
                     yield i, "markdown", "".join(data["text/markdown"])
+
+
+def widget_problems(nb: dict) -> list:
+    "Saved progress bars (widgets or text), and live figures with no static copy in the same or the next cell."
+    problems, cells = [], nb["cells"]
+    for i, cell in enumerate(cells):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            plain, stream = "".join(data.get("text/plain", "")), "".join(out.get("text", ""))
+            if PROGRESS.search(stream) or (WIDGET_MIME in data and PROGRESS.search(plain)):
+                problems.append(f"cell {i}: a saved progress bar {(plain or stream).strip()[:60]!r} (progress=False)")
+            elif WIDGET_MIME in data and plain.lstrip().startswith("FigureWidget("):
+                near = [o for c in cells[i:i + 2] for o in c.get("outputs", [])]
+                if not any(PLOTLY_MIME in o.get("data", {}) for o in near):
+                    problems.append(f"cell {i}: a live figure (FigureWidget) with no static copy beside it: it is "
+                                    f"empty on the docs site and in a notebook opened without a kernel")
+    return problems
 
 
 def test_there_are_notebooks_to_scan():
@@ -62,6 +81,7 @@ def test_saved_outputs_are_clean(nb_path):
             problems.append(f"cell {i}: a stray return value {plain.strip()[:60]!r} (end the line with `;` or assign it)")
         for m in BOILERPLATE.finditer(plain):
             problems.append(f"cell {i}: an inherited boilerplate docstring {m.group(0)!r} (give the method its own)")
+    problems += widget_problems(json.loads(nb_path.read_text(encoding="utf-8")))
     assert not problems, f"{nb_path.name}:\n" + "\n".join(problems)
 
 
@@ -70,13 +90,21 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
     bad = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [
         {"output_type": "stream", "name": "stderr", "text": "UserWarning: careful\n"},
         {"output_type": "stream", "name": "stdout", "text": "saved to /work/main/runs/x\nTODO: later\n"},
-        {"output_type": "error", "ename": "ValueError", "evalue": "boom", "traceback": []}]}]}
+        {"output_type": "error", "ename": "ValueError", "evalue": "boom", "traceback": []},
+        {"output_type": "display_data", "metadata": {}, "data": {WIDGET_MIME: {"model_id": "a"},
+                                                                "text/plain": "train epoch 1:   0%|   | 0/210"}},
+        {"output_type": "execute_result", "metadata": {}, "data": {WIDGET_MIME: {"model_id": "b"},
+                                                                  "text/plain": "FigureWidget({'data': []})"}}]}]}
     path = tmp_path / "bad.ipynb"
     path.write_text(json.dumps(bad))
     with pytest.raises(AssertionError) as e:
         test_saved_outputs_are_clean(path)
     msg = str(e.value)
     assert "warning on stderr" in msg and "local path" in msg and "development note" in msg and "traceback" in msg
+    assert "saved progress bar" in msg and "live figure" in msg
+    bad["cells"].append({"cell_type": "code", "source": "", "metadata": {}, "outputs": [   # its static copy after it
+        {"output_type": "display_data", "metadata": {}, "data": {PLOTLY_MIME: {"data": []}, "text/plain": ""}}]})
+    assert not any("live figure" in p for p in widget_problems(bad))
 
 
 def _one_output_notebook(tmp_path, out):
