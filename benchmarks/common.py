@@ -90,14 +90,24 @@ def git_commit() -> str | None:
         return None
 
 
-def command_line(script: str | Path, argv: list | None = None) -> str:
-    "The exact command that ran, as typed from the repository root: `python benchmarks/x.py --flag ...`."
-    script = Path(script).resolve()
+def portable(path: str | Path) -> str:
+    "A path as a record keeps it: relative to the repository when inside it, else its last part; no machine's absolute path."
     try:
-        script = script.relative_to(ROOT)
+        return str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
-        pass
-    return "python " + shlex.join([str(script)] + list(sys.argv[1:] if argv is None else argv))
+        return Path(path).name
+
+
+def _portable_arg(arg: str) -> str:
+    "A command-line word with any absolute path in it (`/x/y`, `--flag=/x/y`) made portable."
+    flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    return flag + eq + portable(value) if Path(value).is_absolute() else arg
+
+
+def command_line(script: str | Path, argv: list | None = None) -> str:
+    "The command that ran, as typed from the repository root (`python benchmarks/x.py --flag ...`), paths made portable."
+    args = [_portable_arg(a) for a in (sys.argv[1:] if argv is None else argv)]
+    return "python " + shlex.join([portable(script)] + args)
 
 
 # ------------------------------------------------------------------------------------------ timing

@@ -52,14 +52,6 @@ PAPERS = dict(
     dynamic_cache=None)  # neither paper reports dynamic evaluation + cache for AWD-LSTM
 
 
-def portable(path: Path) -> str:
-    "The path relative to the repository when it is inside it, else the folder's name: no machine's absolute path."
-    try:
-        return str(Path(path).resolve().relative_to(common.ROOT))
-    except ValueError:
-        return Path(path).name
-
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -118,7 +110,7 @@ class Steps:
                 old = {}
         self.done = old.get("done", {}) if old.get("key") == self.key else {}
         if self.done:
-            print(f"resuming: {len(self.done)} steps already done ({portable(path)})")
+            print(f"resuming: {len(self.done)} steps already done ({common.portable(path)})")
 
     def get(self, name: str, fn):
         "The stored result of step `name`, or run `fn()` now and store it."
@@ -166,7 +158,7 @@ def run(args) -> dict:
                eps=args.eps, bptt=args.bptt, cache_grid=CACHE_GRID, time_tokens=args.time_tokens)
     steps = Steps(common.SCRATCH / f"{NAME}-{args.run.resolve().name}.partial.json", key, args.fresh)
     n_params = count_parameters(model)
-    print(f"run {portable(args.run)}: {n_params:,} parameters; validation {len(valid) - 1:,} tokens, test "
+    print(f"run {common.portable(args.run)}: {n_params:,} parameters; validation {len(valid) - 1:,} tokens, test "
           f"{len(test) - 1:,}; torch threads {torch.get_num_threads()}", flush=True)
 
     # 1. the cache, chosen on validation
@@ -227,7 +219,7 @@ def run(args) -> dict:
     def per_1k(seconds, tokens):
         return 1000 * seconds / tokens
     results = dict(
-        run=portable(args.run), n_params=n_params, stage_config=dict(emb_size=config.emb_size,
+        run=common.portable(args.run), n_params=n_params, stage_config=dict(emb_size=config.emb_size,
                                                                      hidden_size=config.hidden_size,
                                                                      n_layers=config.n_layers),
         tokens=dict(valid=len(valid) - 1, test=len(test) - 1, search=len(search_src) - 1),
@@ -280,12 +272,8 @@ def main(argv=None) -> int:
                               "CPU s / 1k tokens"])
     text = summary(res)
     print(f"\n{text}")
-    raw = list(sys.argv[1:] if argv is None else argv)
-    shown = [portable(Path(a)) if i and raw[i - 1] in ("--run", "--out") else a for i, a in enumerate(raw)]
-    shown = [a.split("=", 1)[0] + "=" + portable(Path(a.split("=", 1)[1])) if a.startswith(("--run=", "--out=")) else a
-             for a in shown]  # the record names no absolute path of this machine
     device = torch.device("cpu")
-    cfg = {k: (portable(v) if k == "run" else v) for k, v in vars(args).items() if k not in ("out", "fresh")}
+    cfg = {k: (common.portable(v) if k == "run" else v) for k, v in vars(args).items() if k not in ("out", "fresh")}
     notes = ["hyperparameters chosen on validation only: the cache's theta and lambda over the whole validation text "
              "(window 500), dynamic evaluation's eta and lambda over its first search tokens; the test text is "
              "evaluated once per method",
@@ -295,9 +283,9 @@ def main(argv=None) -> int:
              "text, dynamic + cache over all of it; gathering sqrt(MS_g) is a one-off cost, given separately",
              "the papers' dynamic-evaluation row is Krause et al.'s AWD-LSTM (51.6 / 51.1); neither paper reports "
              "dynamic evaluation + cache for AWD-LSTM"]
-    rec = common.record(NAME, __file__, device, cfg, res, text, bool(args.max_tokens), notes, load_before, shown)
+    rec = common.record(NAME, __file__, device, cfg, res, text, bool(args.max_tokens), notes, load_before, argv)  # command_line keeps no absolute path
     out = common.write_record(rec, args.out or common.default_out(NAME, device, bool(args.max_tokens)))
-    print(f"wrote {portable(out)}")
+    print(f"wrote {common.portable(out)}")
     return 0
 
 

@@ -180,3 +180,11 @@ def test_a_record_never_holds_an_absolute_path_of_this_machine(tmp_path, monkeyp
     written = json.loads(out.read_text())
     assert written["command"] == "python benchmarks/fidelity.py --reference <temporary folder>/ref"
     assert written["config"] == dict(data_dir="$AWD_EDU_DATA/ptb", log=["~/x.log"])
+
+
+def test_a_record_s_command_names_no_absolute_path():
+    "A record's command is as typed from the repository root, with every absolute path made portable."
+    import common
+    line = common.command_line(common.ROOT / "benchmarks" / "x.py",
+                               ["--run", "/elsewhere/runs/ptb-cpu", f"--out={common.ROOT}/runs/r.json", "--tiny", "rel/p"])
+    assert line == "python benchmarks/x.py --run ptb-cpu --out=runs/r.json --tiny rel/p"
