@@ -13,6 +13,7 @@ and reused when the same run is recorded again with a baseline added.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
@@ -21,12 +22,13 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from awd_edu.cache import cache_log_p, collect_outputs, mix_nll  # noqa: E402
-from awd_edu.checkpoint import load_weights, read_metrics, weights_metadata  # noqa: E402
+from awd_edu.checkpoint import load_weights, read_metadata, read_metrics, weights_metadata  # noqa: E402
 from awd_edu.config import TrainConfig, build_model  # noqa: E402
 from awd_edu.data import batchify  # noqa: E402
 from awd_edu.generate import format_words, sample_words  # noqa: E402
@@ -37,7 +39,7 @@ from awd_edu.train import load_best  # noqa: E402
 
 NAME = "ptb-cpu"
 WINDOWS = (100, 200, 500, 1000, 2000)
-THETAS = (0.1, 0.3, 0.5, 0.7, 1.0)
+THETAS = (0.1, 0.3, 0.5, 0.7, 1.0, 2.0)   # 2.0: dynamic_eval.py's cache grid reaches it too
 LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 ANCHORS = [  # word-level PTB, from the papers
     dict(model="LSTM, 2 x 200, no dropout (Zaremba et al. 2014, small)", params_m=4.6, valid_ppl=120.7, test_ppl=114.5),
@@ -63,6 +65,8 @@ def parse_args(argv=None):
                         "gives)")
     p.add_argument("--out", default=str(common.RESULTS / PRETRAINED[NAME]), help="the record (JSON)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score the final weights again although the record holds this run (e.g. after the grid changed)")
     return p.parse_args(argv)
 
 
@@ -104,6 +108,23 @@ def cache_search(model, valid, test, bptt: int) -> dict:
                 grid=[{k: round(v, 3) if isinstance(v, float) else v for k, v in g.items()} for g in grid])
 
 
+def keep_or_replace(weights: Path, write) -> str:
+    "Write the weights with `write(path)` beside `weights`; keep the existing file when its tensors and metadata are the same (safetensors orders its metadata differently from one process to the next, so the bytes would change); returns the kept file's SHA-256."
+    fresh = weights.with_name(weights.stem + ".new.safetensors")
+    sha = write(fresh)
+    if weights.is_file() and read_metadata(weights) == read_metadata(fresh):
+        old, new = load_file(weights), load_file(fresh)
+        if old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old):
+            fresh.unlink()
+            return _sha256(weights)
+    fresh.replace(weights)
+    return sha
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def score_run(run: Path, out: Path) -> dict:
     "The heavy part: final weights scored, the cache searched, samples drawn, half-precision weights written."
     config, corpus, model = load_best(run, "cpu")
@@ -114,7 +135,7 @@ def score_run(run: Path, out: Path) -> dict:
     cache = cache_search(model, batchify(valid, 1), batchify(test, 1), config.bptt)
     samples = [format_words(sample_words(model, corpus.vocab, 50, temperature=0.8, seed=s)) for s in range(3)]
     weights = out.with_name(f"{NAME}.safetensors")
-    sha = save_pretrained(model, weights, config, corpus.vocab, out.name)
+    sha = keep_or_replace(weights, lambda path: save_pretrained(model, path, config, corpus.vocab, out.name))
     half = build_model(config, len(corpus.vocab))
     load_weights(half, weights, expect=weights_metadata(config, corpus.vocab))
     return dict(config=shareable(config), n_params=count_parameters(model), valid_ppl=valid_ppl, test_ppl=test_ppl,
@@ -145,7 +166,7 @@ def main(argv=None) -> int:
     metrics = read_metrics(run)
     old = json.loads(out.read_text()) if out.is_file() else {}
     epochs = epochs_of(metrics)
-    if old.get("epochs") == epochs and "cache" in old.get("results", {}):
+    if old.get("epochs") == epochs and "cache" in old.get("results", {}) and not args.rescore:
         print(f"{out}: this run is recorded already; its scores are reused")
         scored = {k: old[k] for k in ("config", "n_params", "valid_ppl", "test_ppl", "test_ppl_cache", "cache_settings",
                                        "samples", "weights", "results")}

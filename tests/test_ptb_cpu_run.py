@@ -81,3 +81,21 @@ def test_the_record_holds_the_run_its_cache_choice_and_its_weights(runs, ptb_cor
     assert b["best_at"] == valid_ppl.index(min(valid_ppl)) + 1 and len(b["epochs"]) == len(base.history)
     assert math.isclose(b["rise_above_best_pct"], 100 * (valid_ppl[-1] / min(valid_ppl) - 1))
     assert b["wall_hours"] == pytest.approx(sum(m["seconds"] for m in base.history) / 3600, abs=6e-4)
+
+
+def test_scoring_again_keeps_a_weights_file_whose_tensors_are_the_same(tmp_path):
+    "safetensors writes its metadata in a different order from one process to the next: the same weights must not make a new file (the record's hash, the repository's history)."
+    import torch
+    from safetensors.torch import save_file
+    weights = tmp_path / "w.safetensors"
+    t = {"a": torch.arange(6.0).reshape(2, 3)}
+
+    def write(tensors, meta):
+        return lambda path: (save_file(tensors, str(path), metadata=meta), file_sha256(path))[1]
+    first = ptb_cpu_run.keep_or_replace(weights, write(t, {"x": "1", "y": "2"}))
+    before = weights.read_bytes()
+    assert ptb_cpu_run.keep_or_replace(weights, write(dict(t), {"y": "2", "x": "1"})) == first
+    assert weights.read_bytes() == before and not list(tmp_path.glob("*.new.*"))
+    changed = ptb_cpu_run.keep_or_replace(weights, write({"a": t["a"] + 1}, {"x": "1", "y": "2"}))
+    assert changed != first and changed == file_sha256(weights)
+    assert ptb_cpu_run.keep_or_replace(weights, write({"a": t["a"] + 1}, {"x": "1", "y": "3"})) != changed  # metadata
