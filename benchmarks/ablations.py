@@ -35,7 +35,8 @@ from awd_edu.checkpoint import atomic_write_text  # noqa: E402
 from awd_edu.config import TrainConfig  # noqa: E402
 
 NAME = "ablations"
-FORMAT = 2   # 1: the first (mini) study, min-max verdicts, partial.json; 2: paired intervals, the record is the state
+FORMAT = 3   # 1: the first (mini) study, min-max verdicts, partial.json; 2: paired intervals, the record is the state;
+#              3: a run's lr_drop is a setting of its config (format 2 kept it beside the config)
 DEFAULT_WORK = common.ROOT / "runs" / "ablations"
 TINY_WORK = common.SCRATCH / "ablations-tiny"
 # --tiny: the regime scaled down to seconds, with every piece still present (so every variant changes something)
@@ -80,8 +81,13 @@ def base_config(tiny: bool, overrides, device: str) -> TrainConfig:
 
 
 def variant_config(base: TrainConfig, name: str, seed: int) -> dict:
-    "What identifies a run in the record: its config (with its seed) and its learning-rate schedule."
-    return dict(config=ablation_config(base, name).replace(seed=seed).to_dict(), lr_drop=get_ablation(name).lr_drop)
+    "What identifies a run in the record: its config, with its seed (the learning-rate schedule, `lr_drop`, is a setting)."
+    return ablation_config(base, name).replace(seed=seed).to_dict()
+
+
+def run_config(run: dict) -> dict:
+    "A recorded run's config in today's terms: a run of format 2 kept `lr_drop` beside its config (None: 1, never)."
+    return {"lr_drop": run.get("lr_drop") or 1.0, **run["config"]}
 
 
 def derive_no_finetune(full_record: dict, config: TrainConfig) -> dict:
@@ -99,7 +105,7 @@ def _run_one(task: dict) -> dict:
     "Worker: one (variant, seed) run, in its own process when --jobs > 1."
     torch.set_num_threads(task["threads"])
     config = TrainConfig(**task["config"])
-    record = run_ablation(config, task["run_dir"], lr_drop=task["lr_drop"])
+    record = run_ablation(config, task["run_dir"])
     where = Path(task["run_dir"]).resolve()   # recorded relative to the repository: no machine's path in a record
     return dict(variant=task["variant"], seed=task["seed"],
                 run_dir=where.relative_to(common.ROOT).as_posix() if where.is_relative_to(common.ROOT)
@@ -118,11 +124,12 @@ def read_record(path: Path) -> dict | None:
 
 
 def recorded_runs(record: dict | None, base: TrainConfig) -> tuple:
-    "`(kept, dropped)`: the record's runs that belong to this study's regime (same config and schedule), and the count of the others."
+    "`(kept, dropped)`: the record's runs that belong to this study's regime (the same config), and the count of the others."
     if not record:
         return [], 0
-    kept = [r for r in record["results"]["runs"] if r["variant"] in ABLATIONS
-            and dict(config=r["config"], lr_drop=r.get("lr_drop")) == variant_config(base, r["variant"], r["seed"])]
+    kept = [dict({k: v for k, v in r.items() if k != "lr_drop"}, config=run_config(r))
+            for r in record["results"]["runs"]
+            if r["variant"] in ABLATIONS and run_config(r) == variant_config(base, r["variant"], r["seed"])]
     return kept, len(record["results"]["runs"]) - len(kept)
 
 
@@ -149,9 +156,8 @@ def build_record(runs: list, base: TrainConfig, invocations: list, args, device,
     names = list(dict.fromkeys(r["variant"] for r in runs))
     summary = summarise(runs) if runs else {}
     seeds = sorted({r["seed"] for r in runs})
-    config = dict(base=base.to_dict(), variants={n: get_ablation(n).changes_for(base) for n in names},
-                  lr_drop={n: get_ablation(n).lr_drop for n in names if get_ablation(n).lr_drop},
-                  seeds=seeds, jobs=args.jobs, threads_per_run=args.threads)
+    config = dict(base=base.to_dict(), variants={n: get_ablation(n).changes_for(base) for n in names}, seeds=seeds,
+                  jobs=args.jobs, threads_per_run=args.threads)
     study_wall = sum(i.get("wall_s", 0.0) for i in invocations)
     results = dict(format=FORMAT,
                    paper=dict(source=PAPER_SOURCE, columns=["row", "ptb_valid", "ptb_test", "wt2_valid", "wt2_test"],
@@ -212,7 +218,7 @@ def main(argv=None) -> dict:
             if (name, seed) in have or (name in DERIVED and DERIVED[name] in args.only):
                 continue              # recorded, or read from the other variant's run once it is done
             tasks.append(dict(variant=name, seed=seed, threads=args.threads, run_dir=str(work / name / f"seed-{seed}"),
-                              **variant_config(base, name, seed)))
+                              config=variant_config(base, name, seed)))
     n_derived = sum(1 for s in args.seeds for n in DERIVED if n in args.only and (n, s) not in have)
     print(f"ablations on {common.device_info(device)['device_name']}, torch {torch.__version__}; "
           f"{len(args.only)} variants x {len(args.seeds)} seeds: {len(have)} already recorded, {len(tasks)} to run "
