@@ -8,24 +8,18 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .checks import check_int
-from .checkpoint import has_checkpoint
 from .config import TrainConfig
-from .data import Corpus
-from .model import count_parameters
-from .rundir import RESUMABLE
-from .train import Trainer
 
 # %% auto #0
-__all__ = ['PAPER_SOURCE', 'PAPER_TABLE', 'PAPER_CACHE', 'NO_NTASGD_LR_DROP', 'ABLATIONS', 'REGIME', 'MINI', 'EPOCH_KEYS', 'T_95',
-           'VERDICTS', 'STUDY_FILE', 'Ablation', 'list_ablations', 'get_ablation', 'ablation_config', 'study_config',
-           'mini_config', 'run_ablation', 't_critical', 'spread', 'mean_interval', 'verdict', 'paired', 'convergence',
-           'overfitting', 'summarise', 'regime_checks', 'load_study', 'describe_regime', 'measured_table', 'worth']
+__all__ = ['PAPER_SOURCE', 'PAPER_TABLE', 'PAPER_CACHE', 'NO_NTASGD_LR_DROP', 'ABLATIONS', 'REGIME', 'MINI', 'T_95', 'VERDICTS',
+           'STUDY_FILE', 'Ablation', 'list_ablations', 'get_ablation', 'ablation_config', 'study_config', 'mini_config',
+           't_critical', 'spread', 'mean_interval', 'verdict', 'paired', 'convergence', 'overfitting', 'summarise',
+           'regime_checks', 'load_study', 'describe_regime', 'measured_table', 'worth']
 
 # %% ../nbs/08f_ablations.ipynb #ecd4bdaa
 PAPER_SOURCE = ("Merity, Keskar & Socher (2017), Regularizing and Optimizing LSTM Language Models, "
@@ -139,53 +133,6 @@ MINI = dict(emb_size=64, hidden_size=256, n_layers=2, batch_size=20, bptt=35, te
 def mini_config(**overrides) -> TrainConfig:
     "The first study's regime (`MINI`): a small model on 30,000 tokens for 16 epochs; too short to converge, kept to read its record."
     return TrainConfig(**{**TrainConfig().to_dict(), "preset": "ablation-mini", **MINI}).replace(**overrides)
-
-# %% ../nbs/08f_ablations.ipynb #dde35c0e
-def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
-    "Whether two configs describe the same run (a resume may change only the `RESUMABLE` settings)."
-    return not a.differences(b, ignore=RESUMABLE)
-
-
-def _read_results(run_dir: Path) -> dict:
-    path = Path(run_dir) / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-EPOCH_KEYS = ("stage", "epoch", "train_ppl", "valid_ppl", "lr", "optimizer", "switched", "seconds")  # kept per epoch
-
-
-def run_ablation(config: TrainConfig,  # the variant's config (`ablation_config(base, name)`, with its seed)
-                 run_dir,  # its run directory; one holding checkpoints of the same run is continued
-                 corpus: Corpus | None = None,  # the data; None: `load_ptb(config.data_dir)`
-                 callbacks=(),  # subscribers, as for `Trainer`
-                ) -> dict:
-    "Train, fine-tune if the config keeps fine-tuning, test: the run's record, with per-epoch curves, best valid and test ppl."
-    run_dir = Path(run_dir)
-    w0, c0 = time.perf_counter(), time.process_time()
-    if has_checkpoint(run_dir):
-        trainer = Trainer.resume(run_dir, corpus=corpus, callbacks=callbacks, progress=False)
-        if not _same_run(trainer.config, config):
-            raise ValueError(f"{run_dir} holds a run of another config; delete it or choose another run directory")
-    else:
-        trainer = Trainer(config, run_dir, corpus=corpus, callbacks=callbacks, progress=False)
-    results = _read_results(run_dir)  # the stages already tested (a resumed run)
-    if trainer.stage == "train":
-        trainer.fit()
-        if "train" not in results:
-            results["train"] = trainer.test()
-    if config.finetune_epochs > 0 and "finetune" not in results:
-        trainer.finetune()
-        results["finetune"] = trainer.test()
-    final = results["finetune" if config.finetune_epochs > 0 else "train"]
-    epochs = [{k: m[k] for k in EPOCH_KEYS} for m in trainer.history]
-    best = min(epochs, key=lambda m: m["valid_ppl"])
-    before = results["train"] if config.finetune_epochs > 0 else None
-    return dict(config=config.to_dict(), n_params=count_parameters(trainer.model), epochs=epochs,
-                best_valid_ppl=best["valid_ppl"], best_at=dict(stage=best["stage"], epoch=best["epoch"]),
-                test_ppl=final["test_ppl"], valid_ppl=final["valid_ppl"],
-                before_finetune=dict(valid_ppl=before["valid_ppl"], test_ppl=before["test_ppl"]) if before else None,
-                switched_at=trainer.switched_at, train_seconds=sum(m["seconds"] for m in epochs),
-                wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0)
 
 # %% ../nbs/08f_ablations.ipynb #83cdeeaf
 # Two-sided 95% critical values of Student's t for 1 to 30 degrees of freedom (any statistics table; the tests

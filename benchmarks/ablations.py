@@ -29,10 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from awd_edu.ablations import (  # noqa: E402
-    ABLATIONS, PAPER_SOURCE, PAPER_TABLE, ablation_config, get_ablation, regime_checks, run_ablation, study_config,
-    summarise)
-from awd_edu.checkpoint import atomic_write_text  # noqa: E402
+    ABLATIONS, PAPER_SOURCE, PAPER_TABLE, ablation_config, get_ablation, regime_checks, study_config, summarise)
+from awd_edu.checkpoint import atomic_write_text, has_checkpoint  # noqa: E402
 from awd_edu.config import TrainConfig  # noqa: E402
+from awd_edu.data import Corpus  # noqa: E402
+from awd_edu.model import count_parameters  # noqa: E402
+from awd_edu.rundir import RESUMABLE  # noqa: E402
+from awd_edu.train import Trainer  # noqa: E402
 
 NAME = "ablations"
 FORMAT = 3   # 1: the first (mini) study, min-max verdicts, partial.json; 2: paired intervals, the record is the state;
@@ -45,6 +48,60 @@ TINY = dict(emb_size=16, hidden_size=24, n_layers=2, batch_size=4, bptt=8, eval_
 STUDY = list(ABLATIONS)   # the default study: every named variant
 DERIVED = {"no-finetune": "full"}   # the same training as `full`, stopped before fine-tuning: read from its run
 
+
+# ---------------------------------------------------------------- one run of the study (a cell of its table)
+# Here, not in awd_edu.ablations: a variant is a config the package's Trainer trains as it is; what this adds (the
+# record's layout, continuing a run folder of the same config, the timing) serves this study alone.
+
+def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
+    "Whether two configs describe the same run (a resume may change only the `RESUMABLE` settings)."
+    return not a.differences(b, ignore=RESUMABLE)
+
+
+def _read_results(run_dir: Path) -> dict:
+    "The tested stages a run folder already holds (`results.json`, written by `Trainer.test`); {} when none."
+    path = Path(run_dir) / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+EPOCH_KEYS = ("stage", "epoch", "train_ppl", "valid_ppl", "lr", "optimizer", "switched", "seconds")  # kept per epoch
+
+
+def run_ablation(config: TrainConfig,  # the variant's config (`ablation_config(base, name)`, with its seed)
+                 run_dir,  # its run directory; one holding checkpoints of the same run is continued
+                 corpus: Corpus | None = None,  # the data; None: `load_ptb(config.data_dir)`
+                 callbacks=(),  # subscribers, as for `Trainer`
+                ) -> dict:
+    "Train, fine-tune if the config keeps fine-tuning, test: the run's record, with per-epoch curves, best valid and test ppl."
+    run_dir = Path(run_dir)
+    w0, c0 = time.perf_counter(), time.process_time()
+    if has_checkpoint(run_dir):
+        trainer = Trainer.resume(run_dir, corpus=corpus, callbacks=callbacks, progress=False)
+        if not _same_run(trainer.config, config):
+            raise ValueError(f"{run_dir} holds a run of another config; delete it or choose another run directory")
+    else:
+        trainer = Trainer(config, run_dir, corpus=corpus, callbacks=callbacks, progress=False)
+    results = _read_results(run_dir)  # the stages already tested (a resumed run)
+    if trainer.stage == "train":
+        trainer.fit()
+        if "train" not in results:
+            results["train"] = trainer.test()
+    if config.finetune_epochs > 0 and "finetune" not in results:
+        trainer.finetune()
+        results["finetune"] = trainer.test()
+    final = results["finetune" if config.finetune_epochs > 0 else "train"]
+    epochs = [{k: m[k] for k in EPOCH_KEYS} for m in trainer.history]
+    best = min(epochs, key=lambda m: m["valid_ppl"])
+    before = results["train"] if config.finetune_epochs > 0 else None
+    return dict(config=config.to_dict(), n_params=count_parameters(trainer.model), epochs=epochs,
+                best_valid_ppl=best["valid_ppl"], best_at=dict(stage=best["stage"], epoch=best["epoch"]),
+                test_ppl=final["test_ppl"], valid_ppl=final["valid_ppl"],
+                before_finetune=dict(valid_ppl=before["valid_ppl"], test_ppl=before["test_ppl"]) if before else None,
+                switched_at=trainer.switched_at, train_seconds=sum(m["seconds"] for m in epochs),
+                wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0)
+
+
+# ---------------------------------------------------------------- the study
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

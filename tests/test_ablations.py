@@ -1,5 +1,5 @@
-"""Tests of awd_edu.ablations and benchmarks/ablations.py: every named variant differs from its base in exactly its
-piece, and the piece is really off in a built model or a run (the paper's '- NT-ASGD' lowers SGD's rate on the
+"""Tests of awd_edu.ablations and benchmarks/ablations.py (the study runner, with `run_ablation`): every named
+variant differs from its base in exactly its piece, and the piece is really off in a built model or a run (the paper's '- NT-ASGD' lowers SGD's rate on the
 trigger); the paired statistics agree with hand-computed examples; the study runner runs end to end, its record
 agrees with a recomputation from its own runs, and a study killed halfway continues from its record, on the same
 machine or on a fresh clone."""
@@ -20,7 +20,7 @@ import awd_edu.model as M
 from awd_edu.ablations import (
     ABLATIONS, MINI, NO_NTASGD_LR_DROP, PAPER_TABLE, REGIME, T_95, Ablation, ablation_config,
     convergence, get_ablation, list_ablations, load_study, mean_interval, measured_table, mini_config, overfitting,
-    paired, regime_checks, run_ablation, spread, study_config, summarise, t_critical, verdict, worth)
+    paired, regime_checks, spread, study_config, summarise, t_critical, verdict, worth)
 from awd_edu.viz.ablations import what_the_record_says
 from awd_edu.config import TrainConfig
 from awd_edu.loop import lm_loss
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "ablations.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import common  # noqa: E402
+from ablations import run_ablation  # noqa: E402  (the study runner, benchmarks/ablations.py)
 
 # What each variant must change, written out independently of the module's table.
 EXPECTED = {
