@@ -8,26 +8,18 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .checks import check_int, check_number
-from .checkpoint import atomic_write_text, has_checkpoint
+from .checks import check_int
 from .config import TrainConfig
-from .data import Corpus
-from .model import count_parameters
-from .ntasgd import NonMonotonicTrigger
-from .rundir import RESUMABLE
-from .train import Trainer
 
 # %% auto #0
-__all__ = ['PAPER_SOURCE', 'PAPER_TABLE', 'PAPER_CACHE', 'NO_NTASGD_LR_DROP', 'ABLATIONS', 'REGIME', 'MINI', 'EPOCH_KEYS', 'T_95',
-           'VERDICTS', 'STUDY_FILE', 'Ablation', 'list_ablations', 'get_ablation', 'ablation_config', 'study_config',
-           'mini_config', 'LrDropTrainer', 'run_ablation', 't_critical', 'spread', 'mean_interval', 'verdict', 'paired',
-           'convergence', 'overfitting', 'summarise', 'regime_checks', 'load_study', 'describe_regime',
-           'measured_table', 'worth']
+__all__ = ['PAPER_SOURCE', 'PAPER_TABLE', 'PAPER_CACHE', 'NO_NTASGD_LR_DROP', 'ABLATIONS', 'REGIME', 'MINI', 'T_95', 'VERDICTS',
+           'STUDY_FILE', 'Ablation', 'list_ablations', 'get_ablation', 'ablation_config', 'study_config', 'mini_config',
+           't_critical', 'spread', 'mean_interval', 'verdict', 'paired', 'convergence', 'overfitting', 'summarise',
+           'regime_checks', 'load_study', 'describe_regime', 'measured_table', 'worth']
 
 # %% ../nbs/08f_ablations.ipynb #ecd4bdaa
 PAPER_SOURCE = ("Merity, Keskar & Socher (2017), Regularizing and Optimizing LSTM Language Models, "
@@ -54,7 +46,6 @@ class Ablation:
     changes: dict | Callable  # the settings it changes: a dict, or a function of the base config returning one
     paper_row: str | None = None  # its row in the paper's Table 4 ("– weight-dropping"); None: not in the table
     chapter: str | None = None  # the notebook that builds the piece, e.g. "01_weight_drop"
-    lr_drop: float | None = None  # SGD's learning rate is divided by this each time the trigger fires; None: never
 
     def changes_for(self, base: TrainConfig) -> dict:
         "The settings this variant changes in `base`, as `{setting: value}` (only those that differ)."
@@ -68,7 +59,7 @@ class Ablation:
         return (row[1], row[2]) if row else (None, None)
 
 # %% ../nbs/08f_ablations.ipynb #ffa4d435
-NO_NTASGD_LR_DROP = 2.0  # "– NT-ASGD": SGD's learning rate is divided by this each time the trigger fires
+NO_NTASGD_LR_DROP = 2.0  # "– NT-ASGD": SGD's learning rate is divided by this each time the trigger fires (`lr_drop`)
 _NO_REGULARISATION = dict(dropout=0.0, dropouth=0.0, dropouti=0.0, dropoute=0.0, wdrop=0.0, alpha=0.0, beta=0.0,
                           wdecay=0.0)
 ABLATIONS = {a.name: a for a in (
@@ -77,7 +68,7 @@ ABLATIONS = {a.name: a for a in (
              dict(finetune_epochs=0), "– fine-tuning", "08d_train"),
     Ablation("no-ntasgd", "averaging: SGD throughout, its learning rate divided by NO_NTASGD_LR_DROP each time the "
              "non-monotonic trigger fires; no fine-tuning (which is averaged SGD too)",
-             dict(optimizer="sgd", finetune_epochs=0), "– NT-ASGD", "07_ntasgd", lr_drop=NO_NTASGD_LR_DROP),
+             dict(optimizer="sgd", lr_drop=NO_NTASGD_LR_DROP, finetune_epochs=0), "– NT-ASGD", "07_ntasgd"),
     Ablation("fixed-bptt", "random window lengths: every window has exactly bptt words",
              dict(variable_bptt=False), "– variable sequence lengths", "04_bptt"),
     Ablation("no-embed-dropout", "embedding dropout (whole word types dropped): dropoute = 0",
@@ -94,10 +85,10 @@ ABLATIONS = {a.name: a for a in (
              _NO_REGULARISATION, None),
     Ablation("everything-off", "every piece: the regularisers, averaging, fine-tuning and random window lengths "
              "(a plain tied LSTM trained with SGD at a constant rate)",
-             dict(_NO_REGULARISATION, optimizer="sgd", finetune_epochs=0, variable_bptt=False), None),
+             dict(_NO_REGULARISATION, optimizer="sgd", lr_drop=1.0, finetune_epochs=0, variable_bptt=False), None),
     Ablation("sgd-constant-lr", "averaging and any learning-rate schedule: SGD at a constant rate throughout, no "
              "fine-tuning (the course's first reading of '– NT-ASGD')",
-             dict(optimizer="sgd", finetune_epochs=0), None, "07_ntasgd"),
+             dict(optimizer="sgd", lr_drop=1.0, finetune_epochs=0), None, "07_ntasgd"),
 )}
 
 
@@ -116,7 +107,7 @@ def get_ablation(name: str) -> Ablation:
 def ablation_config(base: TrainConfig,  # the config to take a piece out of: `study_config()`, a preset, ...
                     name: str,  # a name from `list_ablations()`
                    ) -> TrainConfig:
-    "`base` with the piece `name` removed (a checked copy; `full` returns `base` unchanged). A variant's `lr_drop` is not a config setting: `run_ablation` takes it."
+    "`base` with the piece `name` removed (a checked copy; `full` returns `base` unchanged)."
     if not isinstance(base, TrainConfig):
         raise TypeError(f"ablation_config: base must be a TrainConfig, got {type(base).__name__}")
     return base.replace(**get_ablation(name).changes_for(base))
@@ -142,84 +133,6 @@ MINI = dict(emb_size=64, hidden_size=256, n_layers=2, batch_size=20, bptt=35, te
 def mini_config(**overrides) -> TrainConfig:
     "The first study's regime (`MINI`): a small model on 30,000 tokens for 16 epochs; too short to converge, kept to read its record."
     return TrainConfig(**{**TrainConfig().to_dict(), "preset": "ablation-mini", **MINI}).replace(**overrides)
-
-# %% ../nbs/08f_ablations.ipynb #8aab7b94
-class LrDropTrainer(Trainer):
-    "A `Trainer` whose SGD divides its learning rate by `lr_drop` each time the non-monotonic trigger fires in training, then watches afresh (the paper's '– NT-ASGD')."
-    lr_drop: float = NO_NTASGD_LR_DROP  # set on the instance by `run_ablation`
-
-    def _apply_trigger(self, e: int, val_loss: float) -> tuple:
-        "The trainer's rule, and under SGD in training: on firing, lr / `lr_drop` and a fresh trigger (the next drop needs `nonmono` + 1 more epochs)."
-        fired, switched = super()._apply_trigger(e, val_loss)
-        if self.stage == "train" and fired and self.optimizer_name == "sgd":
-            for group in self.optimizer.param_groups:
-                group["lr"] /= self.lr_drop
-            self.trigger = NonMonotonicTrigger(self.config.nonmono)   # saved in the checkpoint: a resume is exact
-        return fired, switched
-
-# %% ../nbs/08f_ablations.ipynb #dde35c0e
-def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
-    "Whether two configs describe the same run (a resume may change only the `RESUMABLE` settings)."
-    return not a.differences(b, ignore=RESUMABLE)
-
-
-def _read_results(run_dir: Path) -> dict:
-    path = Path(run_dir) / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _check_lr_drop(lr_drop, config: TrainConfig):
-    if lr_drop is None:
-        return
-    check_number(lr_drop, "lr_drop", 1, above=True, fn="run_ablation", hint="the learning rate is divided by it; or None")
-    if config.optimizer != "sgd":
-        raise ValueError(f"run_ablation: lr_drop lowers the rate of plain SGD; this config has "
-                         f"optimizer={config.optimizer!r}: set optimizer='sgd' or pass lr_drop=None")
-
-
-EPOCH_KEYS = ("stage", "epoch", "train_ppl", "valid_ppl", "lr", "optimizer", "switched", "seconds")  # kept per epoch
-
-
-def run_ablation(config: TrainConfig,  # the variant's config (`ablation_config(base, name)`, with its seed)
-                 run_dir,  # its run directory; one holding checkpoints of the same run is continued
-                 corpus: Corpus | None = None,  # the data; None: `load_ptb(config.data_dir)`
-                 callbacks=(),  # subscribers, as for `Trainer`
-                 lr_drop: float | None = None,  # the variant's `lr_drop` (`get_ablation(name).lr_drop`)
-                ) -> dict:
-    "Train, fine-tune if the config keeps fine-tuning, test: the run's record, with per-epoch curves, best valid and test ppl."
-    _check_lr_drop(lr_drop, config)
-    run_dir = Path(run_dir)
-    w0, c0 = time.perf_counter(), time.process_time()
-    cls = LrDropTrainer if lr_drop else Trainer
-    schedule = dict(lr_drop=lr_drop)          # not a config setting, so the run folder keeps it beside config.json
-    if has_checkpoint(run_dir):
-        kept = json.loads((run_dir / "ablation.json").read_text()) if (run_dir / "ablation.json").is_file() else {}
-        trainer = cls.resume(run_dir, corpus=corpus, callbacks=callbacks, progress=False)
-        if not _same_run(trainer.config, config) or kept.get("lr_drop") != lr_drop:
-            raise ValueError(f"{run_dir} holds a run of another config; delete it or choose another run directory")
-    else:
-        trainer = cls(config, run_dir, corpus=corpus, callbacks=callbacks, progress=False)
-        atomic_write_text(run_dir / "ablation.json", json.dumps(schedule) + "\n")
-    if lr_drop:
-        trainer.lr_drop = float(lr_drop)
-    results = _read_results(run_dir)  # the stages already tested (a resumed run)
-    if trainer.stage == "train":
-        trainer.fit()
-        if "train" not in results:
-            results["train"] = trainer.test()
-    if config.finetune_epochs > 0 and "finetune" not in results:
-        trainer.finetune()
-        results["finetune"] = trainer.test()
-    final = results["finetune" if config.finetune_epochs > 0 else "train"]
-    epochs = [{k: m[k] for k in EPOCH_KEYS} for m in trainer.history]
-    best = min(epochs, key=lambda m: m["valid_ppl"])
-    before = results["train"] if config.finetune_epochs > 0 else None
-    return dict(config=config.to_dict(), lr_drop=lr_drop, n_params=count_parameters(trainer.model), epochs=epochs,
-                best_valid_ppl=best["valid_ppl"], best_at=dict(stage=best["stage"], epoch=best["epoch"]),
-                test_ppl=final["test_ppl"], valid_ppl=final["valid_ppl"],
-                before_finetune=dict(valid_ppl=before["valid_ppl"], test_ppl=before["test_ppl"]) if before else None,
-                switched_at=trainer.switched_at, train_seconds=sum(m["seconds"] for m in epochs),
-                wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0)
 
 # %% ../nbs/08f_ablations.ipynb #83cdeeaf
 # Two-sided 95% critical values of Student's t for 1 to 30 degrees of freedom (any statistics table; the tests
@@ -354,19 +267,25 @@ def load_study(path=None,  # the study's JSON; None: `STUDY_FILE` in the reposit
 
 
 def _upgrade(study: dict) -> dict:
-    "A record of format 1 (the first, `mini` study) in today's terms: its `no-ntasgd` ran SGD at a constant rate, today's `sgd-constant-lr`."
+    "An older record in today's terms (format 3): format 1 (the first, `mini` study) ran `no-ntasgd` as SGD at a constant rate, today's `sgd-constant-lr`; format 2 kept a run's `lr_drop` beside its config, today a setting in it."
     res = study["results"]
-    if res.get("format", 1) >= 2:
+    fmt = res.get("format", 1)
+    if fmt >= 3:
         return study
-    order = {n: i for i, n in enumerate(ABLATIONS)}
-    for r in res["runs"]:
-        if r["variant"] == "no-ntasgd" and "lr_drop" not in r:
-            r["variant"] = "sgd-constant-lr"
-        r.setdefault("lr_drop", None)
-    res["runs"].sort(key=lambda r: (order[r["variant"]], r["seed"]))
-    study["config"]["variants"] = {("sgd-constant-lr" if n == "no-ntasgd" else n): c
-                                   for n, c in study["config"]["variants"].items()}
-    res.update(format=2, upgraded_from=1, variants=summarise(res["runs"]), checks=regime_checks(res["runs"]))
+    if fmt == 1:
+        order = {n: i for i, n in enumerate(ABLATIONS)}
+        for r in res["runs"]:
+            if r["variant"] == "no-ntasgd":
+                r["variant"] = "sgd-constant-lr"
+        res["runs"].sort(key=lambda r: (order[r["variant"]], r["seed"]))
+        study["config"]["variants"] = {("sgd-constant-lr" if n == "no-ntasgd" else n): c
+                                       for n, c in study["config"]["variants"].items()}
+    for r in res["runs"]:            # no lr_drop beside the config (format 1) or None: the rate never dropped
+        r["config"] = {**r["config"], "lr_drop": r.pop("lr_drop", None) or 1.0}
+    variants = study["config"]["variants"]
+    for n, d in study["config"].pop("lr_drop", {}).items():
+        variants[n] = {**variants[n], "lr_drop": d}
+    res.update(format=3, upgraded_from=fmt, variants=summarise(res["runs"]), checks=regime_checks(res["runs"]))
     return study
 
 

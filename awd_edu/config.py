@@ -42,6 +42,7 @@ class TrainConfig:
     tie_weights: bool = True  # the decoder shares the embedding matrix
     # the optimisation (chapters 04, 05, 07)
     optimizer: str = "ntasgd"  # "ntasgd": SGD, then averaged SGD when the trigger fires; "sgd": SGD throughout
+    lr_drop: float = 1.0  # under optimizer="sgd": divide lr by this each time the trigger fires in training (1: never)
     lr: float = 30.0  # learning rate of SGD and, after the switch, of averaged SGD
     clip: float = 0.25  # limit on the global gradient norm; 0 switches clipping off
     wdecay: float = 1.2e-6  # L2 weight decay, applied by the optimizer after clipping
@@ -171,6 +172,8 @@ def _check_field(name: str, value):
         raise bad(">= 1")
     if name in _NON_NEGATIVE and value < 0:
         raise bad(">= 0")
+    if name == "lr_drop" and value < 1:
+        raise bad(">= 1 (the learning rate is divided by it each time the trigger fires; 1: never)")
     if name == "lr" and not 0 < value <= MAX_LR:
         raise bad(f"> 0 and at most {MAX_LR:g} (the paper uses 30)")
     if name in _CHOICES and value not in _CHOICES[name]:
@@ -183,11 +186,14 @@ def _check_field(name: str, value):
 
 
 def _check_together(config: TrainConfig):
-    "Refuse settings the model would silently ignore."
+    "Refuse settings the model or the trainer would silently ignore."
     if config.n_layers == 1 and config.tie_weights and config.hidden_size != config.emb_size:
         raise ValueError(f"TrainConfig: with n_layers=1 and tied weights the only LSTM maps emb_size to emb_size, so "
                          f"hidden_size={config.hidden_size} would be ignored; set hidden_size={config.emb_size} "
                          f"(or more layers, or tie_weights=false)")
+    if config.lr_drop > 1 and config.optimizer != "sgd":
+        raise ValueError(f"TrainConfig: lr_drop lowers the rate of plain SGD; with optimizer={config.optimizer!r} the "
+                         f"trigger switches to averaged SGD instead; set optimizer='sgd' or lr_drop=1")
 
 
 def _check_known(keys, where: str):

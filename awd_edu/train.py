@@ -195,12 +195,16 @@ def _validate(self, e: int) -> tuple:
 
 @patch_method(Trainer)
 def _apply_trigger(self, e: int, val_loss: float) -> tuple:
-    "The non-monotonic rule after epoch `e`: `(fired, switched)`; in training it switches SGD to averaged SGD."
+    "The non-monotonic rule after epoch `e`: `(fired, switched)`; in training it switches SGD to averaged SGD, or (`lr_drop` > 1) lowers SGD's rate and watches afresh."
     fired = self.trigger.step(val_loss)
     switched = (self.stage == "train" and fired and self.optimizer_name == "sgd"
                 and self.config.optimizer == "ntasgd")
     if switched:
         self.optimizer, self.switched_at = self._asgd(), e
+    elif self.stage == "train" and fired and self.config.lr_drop > 1:   # only under optimizer="sgd" (08a checks)
+        for group in self.optimizer.param_groups:
+            group["lr"] /= self.config.lr_drop
+        self.trigger = NonMonotonicTrigger(self.config.nonmono)   # saved in the checkpoint: a resume is exact
     return fired, switched
 
 # %% ../nbs/08d_train.ipynb #c749a4d4

@@ -29,13 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from awd_edu.ablations import (  # noqa: E402
-    ABLATIONS, PAPER_SOURCE, PAPER_TABLE, ablation_config, get_ablation, regime_checks, run_ablation, study_config,
-    summarise)
-from awd_edu.checkpoint import atomic_write_text  # noqa: E402
+    ABLATIONS, PAPER_SOURCE, PAPER_TABLE, ablation_config, get_ablation, regime_checks, study_config, summarise)
+from awd_edu.checkpoint import atomic_write_text, has_checkpoint  # noqa: E402
 from awd_edu.config import TrainConfig  # noqa: E402
+from awd_edu.data import Corpus  # noqa: E402
+from awd_edu.model import count_parameters  # noqa: E402
+from awd_edu.rundir import RESUMABLE  # noqa: E402
+from awd_edu.train import Trainer  # noqa: E402
 
 NAME = "ablations"
-FORMAT = 2   # 1: the first (mini) study, min-max verdicts, partial.json; 2: paired intervals, the record is the state
+FORMAT = 3   # 1: the first (mini) study, min-max verdicts, partial.json; 2: paired intervals, the record is the state;
+#              3: a run's lr_drop is a setting of its config (format 2 kept it beside the config)
 DEFAULT_WORK = common.ROOT / "runs" / "ablations"
 TINY_WORK = common.SCRATCH / "ablations-tiny"
 # --tiny: the regime scaled down to seconds, with every piece still present (so every variant changes something)
@@ -44,6 +48,60 @@ TINY = dict(emb_size=16, hidden_size=24, n_layers=2, batch_size=4, bptt=8, eval_
 STUDY = list(ABLATIONS)   # the default study: every named variant
 DERIVED = {"no-finetune": "full"}   # the same training as `full`, stopped before fine-tuning: read from its run
 
+
+# ---------------------------------------------------------------- one run of the study (a cell of its table)
+# Here, not in awd_edu.ablations: a variant is a config the package's Trainer trains as it is; what this adds (the
+# record's layout, continuing a run folder of the same config, the timing) serves this study alone.
+
+def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
+    "Whether two configs describe the same run (a resume may change only the `RESUMABLE` settings)."
+    return not a.differences(b, ignore=RESUMABLE)
+
+
+def _read_results(run_dir: Path) -> dict:
+    "The tested stages a run folder already holds (`results.json`, written by `Trainer.test`); {} when none."
+    path = Path(run_dir) / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+EPOCH_KEYS = ("stage", "epoch", "train_ppl", "valid_ppl", "lr", "optimizer", "switched", "seconds")  # kept per epoch
+
+
+def run_ablation(config: TrainConfig,  # the variant's config (`ablation_config(base, name)`, with its seed)
+                 run_dir,  # its run directory; one holding checkpoints of the same run is continued
+                 corpus: Corpus | None = None,  # the data; None: `load_ptb(config.data_dir)`
+                 callbacks=(),  # subscribers, as for `Trainer`
+                ) -> dict:
+    "Train, fine-tune if the config keeps fine-tuning, test: the run's record, with per-epoch curves, best valid and test ppl."
+    run_dir = Path(run_dir)
+    w0, c0 = time.perf_counter(), time.process_time()
+    if has_checkpoint(run_dir):
+        trainer = Trainer.resume(run_dir, corpus=corpus, callbacks=callbacks, progress=False)
+        if not _same_run(trainer.config, config):
+            raise ValueError(f"{run_dir} holds a run of another config; delete it or choose another run directory")
+    else:
+        trainer = Trainer(config, run_dir, corpus=corpus, callbacks=callbacks, progress=False)
+    results = _read_results(run_dir)  # the stages already tested (a resumed run)
+    if trainer.stage == "train":
+        trainer.fit()
+        if "train" not in results:
+            results["train"] = trainer.test()
+    if config.finetune_epochs > 0 and "finetune" not in results:
+        trainer.finetune()
+        results["finetune"] = trainer.test()
+    final = results["finetune" if config.finetune_epochs > 0 else "train"]
+    epochs = [{k: m[k] for k in EPOCH_KEYS} for m in trainer.history]
+    best = min(epochs, key=lambda m: m["valid_ppl"])
+    before = results["train"] if config.finetune_epochs > 0 else None
+    return dict(config=config.to_dict(), n_params=count_parameters(trainer.model), epochs=epochs,
+                best_valid_ppl=best["valid_ppl"], best_at=dict(stage=best["stage"], epoch=best["epoch"]),
+                test_ppl=final["test_ppl"], valid_ppl=final["valid_ppl"],
+                before_finetune=dict(valid_ppl=before["valid_ppl"], test_ppl=before["test_ppl"]) if before else None,
+                switched_at=trainer.switched_at, train_seconds=sum(m["seconds"] for m in epochs),
+                wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0)
+
+
+# ---------------------------------------------------------------- the study
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,8 +138,13 @@ def base_config(tiny: bool, overrides, device: str) -> TrainConfig:
 
 
 def variant_config(base: TrainConfig, name: str, seed: int) -> dict:
-    "What identifies a run in the record: its config (with its seed) and its learning-rate schedule."
-    return dict(config=ablation_config(base, name).replace(seed=seed).to_dict(), lr_drop=get_ablation(name).lr_drop)
+    "What identifies a run in the record: its config, with its seed (the learning-rate schedule, `lr_drop`, is a setting)."
+    return ablation_config(base, name).replace(seed=seed).to_dict()
+
+
+def run_config(run: dict) -> dict:
+    "A recorded run's config in today's terms: a run of format 2 kept `lr_drop` beside its config (None: 1, never)."
+    return {"lr_drop": run.get("lr_drop") or 1.0, **run["config"]}
 
 
 def derive_no_finetune(full_record: dict, config: TrainConfig) -> dict:
@@ -99,7 +162,7 @@ def _run_one(task: dict) -> dict:
     "Worker: one (variant, seed) run, in its own process when --jobs > 1."
     torch.set_num_threads(task["threads"])
     config = TrainConfig(**task["config"])
-    record = run_ablation(config, task["run_dir"], lr_drop=task["lr_drop"])
+    record = run_ablation(config, task["run_dir"])
     where = Path(task["run_dir"]).resolve()   # recorded relative to the repository: no machine's path in a record
     return dict(variant=task["variant"], seed=task["seed"],
                 run_dir=where.relative_to(common.ROOT).as_posix() if where.is_relative_to(common.ROOT)
@@ -118,11 +181,12 @@ def read_record(path: Path) -> dict | None:
 
 
 def recorded_runs(record: dict | None, base: TrainConfig) -> tuple:
-    "`(kept, dropped)`: the record's runs that belong to this study's regime (same config and schedule), and the count of the others."
+    "`(kept, dropped)`: the record's runs that belong to this study's regime (the same config), and the count of the others."
     if not record:
         return [], 0
-    kept = [r for r in record["results"]["runs"] if r["variant"] in ABLATIONS
-            and dict(config=r["config"], lr_drop=r.get("lr_drop")) == variant_config(base, r["variant"], r["seed"])]
+    kept = [dict({k: v for k, v in r.items() if k != "lr_drop"}, config=run_config(r))
+            for r in record["results"]["runs"]
+            if r["variant"] in ABLATIONS and run_config(r) == variant_config(base, r["variant"], r["seed"])]
     return kept, len(record["results"]["runs"]) - len(kept)
 
 
@@ -149,9 +213,8 @@ def build_record(runs: list, base: TrainConfig, invocations: list, args, device,
     names = list(dict.fromkeys(r["variant"] for r in runs))
     summary = summarise(runs) if runs else {}
     seeds = sorted({r["seed"] for r in runs})
-    config = dict(base=base.to_dict(), variants={n: get_ablation(n).changes_for(base) for n in names},
-                  lr_drop={n: get_ablation(n).lr_drop for n in names if get_ablation(n).lr_drop},
-                  seeds=seeds, jobs=args.jobs, threads_per_run=args.threads)
+    config = dict(base=base.to_dict(), variants={n: get_ablation(n).changes_for(base) for n in names}, seeds=seeds,
+                  jobs=args.jobs, threads_per_run=args.threads)
     study_wall = sum(i.get("wall_s", 0.0) for i in invocations)
     results = dict(format=FORMAT,
                    paper=dict(source=PAPER_SOURCE, columns=["row", "ptb_valid", "ptb_test", "wt2_valid", "wt2_test"],
@@ -212,7 +275,7 @@ def main(argv=None) -> dict:
             if (name, seed) in have or (name in DERIVED and DERIVED[name] in args.only):
                 continue              # recorded, or read from the other variant's run once it is done
             tasks.append(dict(variant=name, seed=seed, threads=args.threads, run_dir=str(work / name / f"seed-{seed}"),
-                              **variant_config(base, name, seed)))
+                              config=variant_config(base, name, seed)))
     n_derived = sum(1 for s in args.seeds for n in DERIVED if n in args.only and (n, s) not in have)
     print(f"ablations on {common.device_info(device)['device_name']}, torch {torch.__version__}; "
           f"{len(args.only)} variants x {len(args.seeds)} seeds: {len(have)} already recorded, {len(tasks)} to run "

@@ -1,5 +1,5 @@
-"""Tests of awd_edu.ablations and benchmarks/ablations.py: every named variant differs from its base in exactly its
-piece, and the piece is really off in a built model or a run (the paper's '- NT-ASGD' lowers SGD's rate on the
+"""Tests of awd_edu.ablations and benchmarks/ablations.py (the study runner, with `run_ablation`): every named
+variant differs from its base in exactly its piece, and the piece is really off in a built model or a run (the paper's '- NT-ASGD' lowers SGD's rate on the
 trigger); the paired statistics agree with hand-computed examples; the study runner runs end to end, its record
 agrees with a recomputation from its own runs, and a study killed halfway continues from its record, on the same
 machine or on a fresh clone."""
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 import awd_edu.model as M
 from awd_edu.ablations import (
-    ABLATIONS, MINI, NO_NTASGD_LR_DROP, PAPER_TABLE, REGIME, T_95, Ablation, LrDropTrainer, ablation_config,
+    ABLATIONS, MINI, NO_NTASGD_LR_DROP, PAPER_TABLE, REGIME, T_95, Ablation, ablation_config,
     convergence, get_ablation, list_ablations, load_study, mean_interval, measured_table, mini_config, overfitting,
-    paired, regime_checks, run_ablation, spread, study_config, summarise, t_critical, verdict, worth)
+    paired, regime_checks, spread, study_config, summarise, t_critical, verdict, worth)
 from awd_edu.viz.ablations import what_the_record_says
 from awd_edu.config import TrainConfig
 from awd_edu.loop import lm_loss
@@ -31,12 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "ablations.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import common  # noqa: E402
+from ablations import run_ablation  # noqa: E402  (the study runner, benchmarks/ablations.py)
 
 # What each variant must change, written out independently of the module's table.
 EXPECTED = {
     "full": {},
     "no-finetune": {"finetune_epochs": 0},
-    "no-ntasgd": {"optimizer": "sgd", "finetune_epochs": 0},
+    "no-ntasgd": {"optimizer": "sgd", "lr_drop": 2.0, "finetune_epochs": 0},
     "fixed-bptt": {"variable_bptt": False},
     "no-embed-dropout": {"dropoute": 0.0},
     "no-weight-decay": {"wdecay": 0.0},
@@ -51,7 +52,7 @@ EXPECTED = {
                        "variable_bptt": False},
     "sgd-constant-lr": {"optimizer": "sgd", "finetune_epochs": 0},
 }
-LR_DROP = {"no-ntasgd": 2.0}   # the variants whose SGD rate drops on the trigger, and by how much
+LR_DROP = {"no-ntasgd": 2.0}   # the variants whose SGD rate drops on the trigger, and by how much (others: 1)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for the module
@@ -76,7 +77,8 @@ def test_the_variants_cover_the_paper_table_once_and_unknown_names_are_refused()
     rows = [a.paper_row for a in list_ablations() if a.paper_row]
     assert sorted(rows) == sorted(r[0] for r in PAPER_TABLE)
     assert get_ablation("no-weight-drop").paper == (71.1, 68.9) and get_ablation("untied").paper == (None, None)
-    assert {a.name: a.lr_drop for a in list_ablations() if a.lr_drop} == LR_DROP == {"no-ntasgd": NO_NTASGD_LR_DROP}
+    drops = {a.name: ablation_config(TrainConfig(), a.name).lr_drop for a in list_ablations()}
+    assert {n: d for n, d in drops.items() if d != 1} == LR_DROP == {"no-ntasgd": NO_NTASGD_LR_DROP}
     with pytest.raises(ValueError, match="known ablations: full, no-finetune"):
         get_ablation("no-dropout")
     with pytest.raises(TypeError, match="base must be a TrainConfig"):
@@ -203,7 +205,7 @@ def test_fixed_bptt_means_every_window_has_the_nominal_length(ptb_corpus, tmp_pa
 def test_run_ablation_fine_tunes_only_where_the_variant_keeps_it_and_never_averages_without_ntasgd(
         name, ptb_corpus, tmp_path):
     cfg = ablation_config(tiny_base(epochs=6, lr=60.0), name)     # lr 60 on a tiny slice: validation turns up early
-    rec = run_ablation(cfg, tmp_path / name, ptb_corpus, lr_drop=get_ablation(name).lr_drop)
+    rec = run_ablation(cfg, tmp_path / name, ptb_corpus)
     stages = [m["stage"] for m in rec["epochs"]]
     results = json.loads((tmp_path / name / "results.json").read_text())
     assert stages[:6] == ["train"] * 6
@@ -211,7 +213,7 @@ def test_run_ablation_fine_tunes_only_where_the_variant_keeps_it_and_never_avera
     assert (rec["before_finetune"] is not None) == (name == "full")
     assert rec["best_valid_ppl"] == min(m["valid_ppl"] for m in rec["epochs"])
     assert rec["test_ppl"] == results["finetune" if name == "full" else "train"]["test_ppl"]
-    assert rec["lr_drop"] == LR_DROP.get(name)
+    assert rec["config"]["lr_drop"] == LR_DROP.get(name, 1.0) and "lr_drop" not in rec   # a setting, nothing beside it
     if name in ("no-ntasgd", "sgd-constant-lr"):
         assert rec["switched_at"] is None and {m["optimizer"] for m in rec["epochs"]} == {"sgd"}
         lrs = [m["lr"] for m in rec["epochs"]]
@@ -229,31 +231,6 @@ def test_run_ablation_fine_tunes_only_where_the_variant_keeps_it_and_never_avera
             assert lrs == pytest.approx(expected) and min(lrs) < 60.0   # lr 60 on 600 tokens: it does fire
 
 
-def test_lr_drop_trainer_halves_the_rate_on_each_firing_and_watches_afresh():
-    class Stub(LrDropTrainer):       # the rule alone: no model, no data
-        def __init__(self):
-            self.stage, self.config, self.switched_at = "train", TrainConfig(nonmono=2, optimizer="sgd"), None
-            self.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=30.0)
-            self.trigger, self.lr_drop = __import__("awd_edu.ntasgd").ntasgd.NonMonotonicTrigger(2), 3.0
-    t, rates = Stub(), []
-    # n=2: epoch 4 (0.9) is compared with min(epoch 1) = 1.0: no; epoch 5 (0.95) with min(1.0, 0.8): fires.
-    # A fresh window: epochs 6-8 (0.7, 0.75, 0.8) fill it, epoch 9 (0.78) > min(epoch 6) = 0.7: fires again.
-    for e, loss in enumerate([1.0, 0.8, 0.85, 0.9, 0.95, 0.7, 0.75, 0.8, 0.78], start=1):
-        fired, switched = t._apply_trigger(e, loss)
-        assert not switched and fired == (e in (5, 9))
-        rates.append(t.optimizer.param_groups[0]["lr"])
-    assert rates == [30.0] * 4 + [10.0] * 4 + [30.0 / 9]
-
-
-def test_run_ablation_refuses_bad_lr_drops(ptb_corpus, tmp_path):
-    cfg = ablation_config(tiny_base(epochs=1), "no-ntasgd")
-    for bad in (1.0, 0.5, "2", True):
-        with pytest.raises(ValueError if type(bad) is float else TypeError, match="lr_drop must be a finite number > 1"):
-            run_ablation(cfg, tmp_path / "r", ptb_corpus, lr_drop=bad)
-    with pytest.raises(ValueError, match="optimizer='sgd'"):
-        run_ablation(ablation_config(tiny_base(epochs=1), "full"), tmp_path / "r", ptb_corpus, lr_drop=2.0)
-
-
 def test_run_ablation_refuses_a_folder_holding_another_config(ptb_corpus, tmp_path):
     run_ablation(ablation_config(tiny_base(epochs=1, finetune_epochs=0), "full"), tmp_path / "r", ptb_corpus)
     with pytest.raises(ValueError, match="another config"):
@@ -263,7 +240,7 @@ def test_run_ablation_refuses_a_folder_holding_another_config(ptb_corpus, tmp_pa
     cfg = ablation_config(tiny_base(epochs=2), "sgd-constant-lr")
     run_ablation(cfg.replace(epochs=1), tmp_path / "s", ptb_corpus)
     with pytest.raises(ValueError, match="another config"):
-        run_ablation(cfg, tmp_path / "s", ptb_corpus, lr_drop=2.0)
+        run_ablation(cfg.replace(lr_drop=2.0), tmp_path / "s", ptb_corpus)
 
 
 # ---------------------------------------------------------------- the statistics
@@ -405,6 +382,31 @@ def test_a_first_format_record_is_read_in_todays_terms(tmp_path):
     assert study["results"]["variants"] == summarise(study["results"]["runs"])
 
 
+def test_a_second_format_record_reads_with_lr_drop_in_the_config(tmp_path):
+    runs = [dict(run_rec(v, s, 100.0 + s), lr_drop=LR_DROP.get(v),
+                 config=ablation_config(study_config(seed=s), v).replace(lr_drop=1.0).to_dict())
+            for v in ("full", "no-ntasgd") for s in (1, 2)]
+    for r in runs:
+        del r["config"]["lr_drop"]                 # format 2: the schedule beside the config, not in it
+    old = hand_study(runs)
+    old["config"].update(variants={"full": {}, "no-ntasgd": {"optimizer": "sgd", "finetune_epochs": 0}},
+                         lr_drop={"no-ntasgd": 2.0})
+    old["results"].update(format=2, variants={}, study=dict(invocations=[]))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    study = load_study(tmp_path / "old.json")
+    assert [(r["variant"], r["config"]["lr_drop"]) for r in study["results"]["runs"]] == [
+        ("full", 1.0), ("full", 1.0), ("no-ntasgd", 2.0), ("no-ntasgd", 2.0)]
+    assert all("lr_drop" not in r for r in study["results"]["runs"]) and "lr_drop" not in study["config"]
+    base = TrainConfig(**study["config"]["base"])
+    assert study["config"]["variants"]["no-ntasgd"] == get_ablation("no-ntasgd").changes_for(base)
+    assert all(TrainConfig(**r["config"]) == ablation_config(base, r["variant"]).replace(seed=r["seed"])
+               for r in study["results"]["runs"])
+    assert study["results"]["upgraded_from"] == 2 and study["results"]["format"] == 3
+    # the study runner keeps such runs: their config, read in today's terms, is today's config of the variant
+    import ablations as runner
+    assert runner.recorded_runs(old, study_config())[1] == 0
+
+
 # ---------------------------------------------------------------- the study runner, end to end
 
 def run_script(*args, timeout=1200):
@@ -425,17 +427,17 @@ def test_the_tiny_study_runs_end_to_end_and_a_second_invocation_skips_recorded_r
     assert rec["command"] == "python " + " ".join(["benchmarks/ablations.py", *args])
     assert rec["device"] == "cpu" and rec["torch_version"] == torch.__version__ and rec["device_name"]
     cfg = rec["config"]
-    assert cfg["seeds"] == [1, 2] and cfg["lr_drop"] == {"no-ntasgd": 2.0}
+    assert cfg["seeds"] == [1, 2] and "lr_drop" not in cfg and cfg["variants"]["no-ntasgd"]["lr_drop"] == 2.0
     assert cfg["variants"] == {n: get_ablation(n).changes_for(TrainConfig(**cfg["base"])) for n in names}
     res = rec["results"]
     runs = res["runs"]
-    assert res["format"] == 2 and [(r["variant"], r["seed"]) for r in runs] == [(n, s) for n in names for s in (1, 2)]
+    assert res["format"] == 3 and [(r["variant"], r["seed"]) for r in runs] == [(n, s) for n in names for s in (1, 2)]
     for r in runs:
         assert r["config"]["seed"] == r["seed"] and r["wall_s"] > 0 and r["cpu_s"] > 0 and r["test_ppl"] > 1
         assert r["best_valid_ppl"] == min(m["valid_ppl"] for m in r["epochs"])
         assert {"stage", "epoch", "train_ppl", "valid_ppl", "lr"} <= set(r["epochs"][0])
         assert ("finetune" in {m["stage"] for m in r["epochs"]}) == (r["variant"] == "full")
-        assert r["lr_drop"] == LR_DROP.get(r["variant"])
+        assert r["config"]["lr_drop"] == LR_DROP.get(r["variant"], 1.0) and "lr_drop" not in r
     by = {(r["variant"], r["seed"]): r for r in runs}
     for name in names[1:]:      # the paired differences, by hand from the runs
         for split in ("valid", "test"):
@@ -502,8 +504,7 @@ def test_a_killed_run_continues_from_its_checkpoint_and_ends_as_an_uninterrupted
     import ablations as runner
     cfg = ablation_config(runner.base_config(True, ["lr=60", "epochs=6"], "cpu"), "no-ntasgd").replace(seed=1)
     run_dir = tmp_path / "killed" / "no-ntasgd" / "seed-1"
-    trainer = LrDropTrainer(cfg, run_dir, corpus=ptb_corpus, progress=False)
-    (run_dir / "ablation.json").write_text(json.dumps(dict(lr_drop=2.0)))
+    trainer = Trainer(cfg, run_dir, corpus=ptb_corpus, progress=False)
     for _ in range(3):
         trainer.run_epoch()
     del trainer
@@ -635,5 +636,5 @@ def test_the_recorded_study_is_complete_and_its_summary_is_its_runs():
     assert all(r["best_valid_ppl"] == min(m["valid_ppl"] for m in r["epochs"]) for r in runs)
     assert_same(rec["results"]["variants"], summary_from_the_runs(runs), "variants")
     assert_same(rec["results"]["checks"], checks_from_the_runs(runs), "checks")
-    if rec["results"].get("upgraded_from") is None:     # the new study: every variant, at least 4 seeds
+    if rec["results"].get("upgraded_from") != 1:     # a study of today's regime (format 2 on): every variant, 4 seeds
         assert variants == set(ABLATIONS) and len(seeds) >= 4

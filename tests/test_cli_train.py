@@ -221,6 +221,23 @@ def test_progress_bars_count_batches_with_tokens_per_second(tmp_path, capsys, pt
     assert capsys.readouterr().err == ""
 
 
+def test_train_ablate_no_ntasgd_is_sgd_whose_rate_drops_on_the_trigger(tmp_path, capsys, monkeypatch):
+    "The paper's '- NT-ASGD' from the command line is the chapter's variant: SGD, lr_drop > 1, no fine-tuning."
+    from awd_edu.ablations import ablation_config
+    from awd_edu.cli import _requested_config, build_parser
+    from awd_edu.config import TrainConfig
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["train", "--preset", "tiny", "--ablate", "no-ntasgd"])
+    config, name, _ = _requested_config(args)
+    assert name == "tiny" and config == ablation_config(TrainConfig.from_preset("tiny"), "no-ntasgd")
+    assert (config.optimizer, config.finetune_epochs) == ("sgd", 0) and config.lr_drop > 1
+    assert main(["train", "--preset", "tiny", "--ablate", "no-ntasgd", "--show"]) == 0
+    shown = {line.split()[0]: line.split()[2:] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert shown["optimizer"] == ["sgd", "*"] and shown["finetune_epochs"][0] == "0"
+    assert float(shown["lr_drop"][0]) == config.lr_drop and shown["lr_drop"][1] == "*"   # * : not the paper's 1
+    assert not (tmp_path / "runs").exists()          # --show trains nothing
+
+
 def test_train_ablate_takes_one_piece_out_and_names_the_run_after_it(tmp_path, capsys, monkeypatch, ptb_folder):
     from awd_edu.ablations import ablation_config, list_ablations
     from awd_edu.config import TrainConfig

@@ -13,7 +13,7 @@ def test_defaults_are_the_papers_ptb_command():
            (20, 70, 30.0, 0.25, 2.0, 1.0, 1.2e-6, 5, 500, 141)
     assert (c.dropout, c.dropouth, c.dropouti, c.dropoute, c.wdrop) == (0.4, 0.25, 0.4, 0.1, 0.5)
     assert (c.emb_size, c.hidden_size, c.n_layers, c.eval_batch_size, c.test_batch_size) == (400, 1150, 3, 10, 1)
-    assert (c.optimizer, c.variable_bptt, c.tie_weights) == ("ntasgd", True, True)
+    assert (c.optimizer, c.variable_bptt, c.tie_weights, c.lr_drop) == ("ntasgd", True, True, 1.0)
     assert c.max_train_tokens is None and c.max_eval_tokens is None
 
 
@@ -47,6 +47,10 @@ def test_presets_change_only_what_they_name():
     (dict(device="gpu"), ["device", "cuda"]),
     (dict(max_train_tokens=1), ["max_train_tokens", ">= 2"]),
     (dict(dropot=0.1), ["unknown", "dropot", "dropout"]),
+    (dict(optimizer="sgd", lr_drop=0.5), ["lr_drop", ">= 1", "0.5"]),
+    (dict(optimizer="sgd", lr_drop="2"), ["lr_drop", "float", "'2'"]),
+    (dict(optimizer="sgd", lr_drop=True), ["lr_drop", "float"]),
+    (dict(lr_drop=2.0), ["lr_drop", "plain SGD", "optimizer='sgd'", "lr_drop=1"]),
 ])
 def test_bad_values_are_refused_naming_the_field(changes, words):
     with pytest.raises((ValueError, TypeError)) as e:
@@ -108,7 +112,7 @@ def test_a_bad_config_file_is_refused_naming_the_file_and_setting(tmp_path, text
 
 def test_an_old_config_file_without_the_new_settings_still_loads(tmp_path):
     values = TrainConfig.from_preset("tiny").to_dict()
-    for newer in ("optimizer", "variable_bptt"):
+    for newer in ("optimizer", "variable_bptt", "lr_drop"):
         del values[newer]
     (tmp_path / "config.json").write_text(json.dumps(values))
     c = TrainConfig.load(tmp_path / "config.json")

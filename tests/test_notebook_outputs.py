@@ -189,8 +189,8 @@ def test_the_ablation_study_records_run_dir_relative_to_the_repository(monkeypat
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ablations as runner
     from awd_edu.config import TrainConfig
-    monkeypatch.setattr(runner, "run_ablation", lambda config, run_dir, lr_drop=None: {"best_valid_ppl": 1.0})
-    task = dict(variant="full", seed=1, threads=1, lr_drop=None, config=TrainConfig.from_preset("tiny").to_dict())
+    monkeypatch.setattr(runner, "run_ablation", lambda config, run_dir: {"best_valid_ppl": 1.0})
+    task = dict(variant="full", seed=1, threads=1, config=TrainConfig.from_preset("tiny").to_dict())
     inside = runner._run_one(dict(task, run_dir=str(ROOT / "runs" / "ablations" / "full" / "seed-1")))
     outside = runner._run_one(dict(task, run_dir=str(tmp_path / "full" / "seed-1")))
     assert inside["run_dir"] == "runs/ablations/full/seed-1" and inside["best_valid_ppl"] == 1.0

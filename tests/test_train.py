@@ -188,6 +188,31 @@ def test_the_sgd_ablation_never_switches(ptb_corpus, tmp_path):
     assert {m["optimizer"] for m in metrics} == {"sgd"} and isinstance(trainer.optimizer, torch.optim.SGD)
 
 
+def test_lr_drop_lowers_sgd_on_each_firing_and_watches_afresh(ptb_corpus, tmp_path):
+    # the rule on a hand-made history (nonmono 2): it fires at epochs 5 and 9 (the fresh trigger needs 3 epochs)
+    cfg = TrainConfig.from_preset("tiny", optimizer="sgd", lr_drop=3.0, nonmono=2, device="cpu")
+    t = Trainer(cfg, tmp_path / "r", corpus=ptb_corpus, progress=False)
+    rates = []
+    for e, loss in enumerate([1.0, 0.8, 0.85, 0.9, 0.95, 0.7, 0.75, 0.8, 0.78], start=1):
+        fired, switched = t._apply_trigger(e, loss)
+        assert not switched and fired == (e in (5, 9))
+        rates.append(t.optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([cfg.lr] * 4 + [cfg.lr / 3] * 4 + [cfg.lr / 9])
+    assert type(t.optimizer) is torch.optim.SGD and t.switched_at is None
+    with pytest.raises(ValueError, match="optimizer='sgd'"):
+        TrainConfig(lr_drop=2.0)                    # ntasgd with a drop: refused
+
+
+def test_lr_drop_acts_in_training_only_and_one_means_never(ptb_corpus, tmp_path):
+    losses = [1.0, 0.8, 0.85, 0.9, 0.95]            # nonmono 2: fires at epoch 5
+    constant = Trainer(small(optimizer="sgd", nonmono=2), tmp_path / "c", corpus=ptb_corpus, progress=False)
+    tuned = Trainer(small(optimizer="sgd", lr_drop=2.0, nonmono=2), tmp_path / "t", corpus=ptb_corpus, progress=False)
+    tuned.stage = "finetune"                        # fine-tuning's trigger only stops the stage
+    for e, loss in enumerate(losses, start=1):
+        assert constant._apply_trigger(e, loss)[0] == tuned._apply_trigger(e, loss)[0] == (e == 5)
+    assert constant.optimizer.param_groups[0]["lr"] == tuned.optimizer.param_groups[0]["lr"] == constant.config.lr
+
+
 def test_the_fixed_bptt_ablation_uses_windows_of_exactly_bptt(ptb_corpus, tmp_path):
     cfg = small(variable_bptt=False, max_train_tokens=2_010, batch_size=10)   # 201 rows: 200 with a target
     trainer = Trainer(cfg, tmp_path / "r", corpus=ptb_corpus, progress=False)

@@ -11,6 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from awd_edu.config import TrainConfig
+from awd_edu.train import Trainer
+
 # A run of the tiny preset in its own process. A subscriber writes a marker file once the 5th step of epoch 2 is done:
 # the test kills the process when the marker appears, so the kill lands in the middle of epoch 2 for certain.
 RUN = """
@@ -73,3 +76,25 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     res_k, res_w = (json.loads((d / "results.json").read_text())["train"] for d in (killed, whole))
     assert res_k == res_w
     assert not list(killed.rglob(".*.tmp"))   # a temporary file the kill may have left is cleaned up by resume
+
+
+def test_a_resumed_run_keeps_the_lowered_rate_and_the_fresh_trigger(ptb_corpus, tmp_path):
+    """With lr_drop > 1 (the paper's '- NT-ASGD'), a run stopped after its first drop and resumed from its checkpoint
+    ends as the uninterrupted run: the lowered rate (in SGD's state) and the fresh trigger (in the checkpoint) survive."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig(optimizer="sgd", lr_drop=2.0, lr=60.0, nonmono=1, epochs=6, finetune_epochs=0, n_layers=2,
+                      emb_size=16, hidden_size=24, batch_size=4, bptt=8, eval_batch_size=4, test_batch_size=4,
+                      max_train_tokens=600, max_eval_tokens=200, device="cpu")   # lr 60 on 600 tokens: it fires
+    whole = Trainer(cfg, tmp_path / "whole", corpus=ptb_corpus, progress=False)
+    whole.fit()
+    lrs = [m["lr"] for m in whole.history]
+    first_drop = next(i for i, lr in enumerate(lrs) if lr < cfg.lr) + 1      # the epoch whose trigger fired
+    assert first_drop < cfg.epochs, "the trigger never fired before the last epoch: the test needs a drop to resume"
+    stopped = Trainer(cfg, tmp_path / "killed", corpus=ptb_corpus, progress=False)
+    for _ in range(first_drop):
+        stopped.run_epoch()
+    del stopped
+    resumed = Trainer.resume(tmp_path / "killed", corpus=ptb_corpus, progress=False)
+    assert resumed.optimizer.param_groups[0]["lr"] == cfg.lr / 2 and type(resumed.optimizer) is torch.optim.SGD
+    resumed.fit()
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
