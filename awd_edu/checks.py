@@ -12,10 +12,10 @@ from numbers import Integral, Real
 __all__ = ['check_int', 'check_number']
 
 # %% ../nbs/00_checks.ipynb #c0a1b2c7
-def _bounds(low, high, above: bool = False) -> str:
-    "The range as it is written in a message: ` >= 1`, ` > 1`, ` <= 5`, ` in [0, 1]`, or nothing."
+def _bounds(low, high, above: bool = False, below: bool = False) -> str:
+    "The range as it is written in a message: ` >= 1`, ` > 1`, ` <= 5`, ` in [0, 1]`, ` in [0, 1)`, or nothing."
     if low is not None and high is not None:
-        return f" in {'(' if above else '['}{low}, {high}]"
+        return f" in {'(' if above else '['}{low}, {high}{')' if below else ']'}"
     if low is not None:
         return f" {'>' if above else '>='} {low}"
     return f" <= {high}" if high is not None else ""
@@ -42,15 +42,16 @@ def check_number(value,  # the argument as given
                  low: float | None = None,  # smallest allowed value (None: no bound)
                  high: float | None = None,  # largest allowed value (None: any finite number)
                  above: bool = False,  # `value` must be strictly above `low`
+                 below: bool = False,  # `value` must be strictly below `high` (a probability of dropping: [0, 1))
                  fn: str = "",  # the function whose argument it is (starts the message)
                  hint: str = "",  # what the argument means, shown in brackets
                 ) -> float:
     "`value` as a finite `float` in its range: a `TypeError` for a non-number (a `bool` too), a `ValueError` out of range."
     kind = "a number" if high is not None else "a finite number"
-    what = f"{fn + ': ' if fn else ''}{name} must be {kind}{_bounds(low, high, above)}{f' ({hint})' if hint else ''}"
+    what = f"{fn + ': ' if fn else ''}{name} must be {kind}{_bounds(low, high, above, below)}{f' ({hint})' if hint else ''}"
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{what}, got {type(value).__name__} {value!r}")
     if (not math.isfinite(value) or (low is not None and (value <= low if above else value < low))
-            or (high is not None and value > high)):
+            or (high is not None and (value >= high if below else value > high))):
         raise ValueError(f"{what}, got {value!r}")
     return float(value)

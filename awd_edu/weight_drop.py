@@ -5,25 +5,21 @@
 # %% ../nbs/01_weight_drop.ipynb #722a1df8
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import torch
 from torch import nn
+
+from .checks import check_number
 
 # %% auto #0
 __all__ = ['check_p', 'weight_drop_mask', 'WeightDrop']
 
 # %% ../nbs/01_weight_drop.ipynb #0060d26b
 def check_p(p, name: str = "p", where: str = "WeightDrop") -> float:
-    "`p` as a float if it is a probability of dropping in [0, 1), else a TypeError/ValueError naming `name` and `where`."
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a float in [0, 1) (the probability of dropping), "
-                        f"got {type(p).__name__} {p!r}")
-    if not 0 <= p < 1:  # also rejects NaN
-        raise ValueError(f"{where}: {name} must be in [0, 1) (the probability of dropping; 1 would drop "
-                         f"everything and divide by zero), got {p!r}")
-    return float(p)
+    "`p` as a float if it is a probability of dropping in [0, 1), else a TypeError/ValueError naming `name` and `where` (chapter 00's rule)."
+    return check_number(p, name, 0, 1, below=True, fn=where,
+                        hint="the probability of dropping; 1 would drop everything and divide by zero")
 
 
 def weight_drop_mask(weight: torch.Tensor,  # the weight to drop, e.g. `weight_hh_l0` (4H, H)
