@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 from .checks import check_int, check_number
-from .checkpoint import atomic_write_text, has_checkpoint
+from .checkpoint import has_checkpoint
 from .config import TrainConfig
 from .data import Corpus
+from .files import atomic_write_text
 from .model import count_parameters
 from .ntasgd import NonMonotonicTrigger
 from .rundir import RESUMABLE

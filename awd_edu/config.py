@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text
 from .data import Corpus, batchify
+from .files import atomic_write_text
 from .model import AWDLSTM
 
 # %% auto #0

@@ -5,7 +5,6 @@
 # %% ../nbs/03_data.ipynb #d8fc76e8
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -17,11 +16,12 @@ from pathlib import Path
 import torch
 
 from .checks import check_int
+from .files import sha256_file
 
 # %% auto #0
 __all__ = ['EOS', 'ENV_VAR', 'PTB_FILES', 'PTB_SHA256', 'PTB_MIRRORS', 'tokenize', 'Vocab', 'read_tokens', 'Corpus', 'load_ptb',
            'batchify', 'get_batch', 'data_root', 'ptb_dir', 'DataNotFoundError', 'ChecksumError', 'DownloadError',
-           'sha256_file', 'check_file', 'verify_ptb', 'ptb_problem', 'describe_ptb', 'download_ptb']
+           'check_file', 'verify_ptb', 'ptb_problem', 'describe_ptb', 'download_ptb']
 
 # %% ../nbs/03_data.ipynb #56b0f597
 EOS = "<eos>"
@@ -162,15 +162,6 @@ def _how_to_fix(folder: Path) -> str:
     return (f"Fix it either way:\n"
             f"  - download it: `awd-edu data download --dir {folder}` (or `awd_edu.data.download_ptb('{folder}')`)\n"
             f"  - or set {ENV_VAR} to a folder that holds ptb/ptb.train.txt, ptb/ptb.valid.txt and ptb/ptb.test.txt")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    "SHA-256 hex digest of the file at `path`."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _looks_like_html(path: Path) -> bool:

@@ -18,10 +18,11 @@ import torch
 from .callbacks import ProgressBar
 from . import checkpoint as ckpt
 from .checkpoint import (
-    CheckpointError, append_metrics, atomic_write_text, load_weights, read_metadata, read_metrics, save_weights,
+    CheckpointError, append_metrics, load_weights, read_metadata, read_metrics, save_weights,
     weights_metadata, write_metrics)
 from .config import TrainConfig, build_model, make_splits, resolve_device
 from .data import Corpus
+from .files import atomic_write_text
 from .distributed import (
     Group, all_sum, barrier, check_same, current_group, gather, shard_columns, shared_mean, wrap)
 from .bptt import seq_len_pmf

@@ -31,8 +31,8 @@ import common  # noqa: E402
 from awd_edu.ablations import (  # noqa: E402
     ABLATIONS, PAPER_SOURCE, PAPER_TABLE, ablation_config, get_ablation, regime_checks, run_ablation, study_config,
     summarise)
-from awd_edu.checkpoint import atomic_write_text  # noqa: E402
 from awd_edu.config import TrainConfig  # noqa: E402
+from awd_edu.files import atomic_write_text  # noqa: E402
 
 NAME = "ablations"
 FORMAT = 2   # 1: the first (mini) study, min-max verdicts, partial.json; 2: paired intervals, the record is the state

@@ -30,7 +30,7 @@ from awd_edu.checkpoint import load_weights, read_metrics, weights_metadata  # n
 from awd_edu.config import TrainConfig, build_model  # noqa: E402
 from awd_edu.data import batchify  # noqa: E402
 from awd_edu.generate import format_words, sample_words  # noqa: E402
-from awd_edu.hub import PRETRAINED, file_sha256, save_pretrained  # noqa: E402
+from awd_edu.hub import PRETRAINED, save_pretrained  # noqa: E402
 from awd_edu.loop import evaluate, perplexity  # noqa: E402
 from awd_edu.model import count_parameters  # noqa: E402
 from awd_edu.train import load_best  # noqa: E402

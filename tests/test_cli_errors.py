@@ -20,6 +20,7 @@ import torch
 
 import awd_edu.checkpoint as ckpt
 import awd_edu.cli as cli
+import awd_edu.files as files
 import awd_edu.loop as loop
 import awd_edu.messages as messages
 import awd_edu.rundir as R
@@ -165,7 +166,7 @@ def refuse_writes_under(monkeypatch, folder, code=errno.EROFS):
         if dir is not None and Path(dir).resolve().is_relative_to(Path(folder).resolve()):
             raise OSError(code, os.strerror(code), os.path.join(dir, f"{prefix}XXXXXXXX{suffix}"))
         return real(suffix, prefix, dir, text)
-    monkeypatch.setattr(ckpt, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
+    monkeypatch.setattr(files, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
 
 
 @pytest.mark.parametrize("command", ["train", "resume", "finetune"])

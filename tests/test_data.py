@@ -13,7 +13,8 @@ import torch
 
 from awd_edu import data
 from awd_edu.data import (PTB_FILES, PTB_SHA256, ChecksumError, Corpus, DataNotFoundError, DownloadError,
-                          batchify, download_ptb, get_batch, load_ptb, ptb_dir, sha256_file, verify_ptb)
+                          batchify, download_ptb, get_batch, load_ptb, ptb_dir, verify_ptb)
+from awd_edu.files import sha256_file
 
 
 # ---------------------------------------------------------------------------------------------- the real corpus

@@ -369,10 +369,10 @@ def test_a_diverged_validation_loss_is_never_saved_as_best(ptb_corpus, tmp_path)
 
 def test_an_unreadable_run_folder_fails_before_training(ptb_corpus, tmp_path, monkeypatch):
     import errno
-    import awd_edu.checkpoint as C
+    import awd_edu.files as F
     def read_only(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "r"))
-    monkeypatch.setattr(C.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(F.tempfile, "mkstemp", read_only)
     with pytest.raises(OSError) as e:
         Trainer(small(), tmp_path / "r", corpus=ptb_corpus, progress=False)
     assert e.value.errno == errno.EROFS
