@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_weights, save_weights, weights_metadata
-from .config import TrainConfig, build_model
+from .config import TrainConfig
 from .data import Corpus, load_ptb
 from .files import sha256_file
+from .model import build_model
 
 # %% auto #0
 __all__ = ['PRETRAINED', 'RESULTS_URL', 'URL_ENV', 'load_record', 'save_pretrained', 'pretrained']

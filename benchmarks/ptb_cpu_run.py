@@ -27,13 +27,13 @@ import common  # noqa: E402
 
 from awd_edu.cache import cache_log_p, collect_outputs, mix_nll  # noqa: E402
 from awd_edu.checkpoint import load_weights, read_metrics, weights_metadata  # noqa: E402
-from awd_edu.config import TrainConfig, build_model  # noqa: E402
+from awd_edu.config import TrainConfig  # noqa: E402
 from awd_edu.data import batchify  # noqa: E402
 from awd_edu.generate import format_words, sample_words  # noqa: E402
 from awd_edu.hub import PRETRAINED, save_pretrained  # noqa: E402
 from awd_edu.loop import evaluate, perplexity  # noqa: E402
-from awd_edu.model import count_parameters  # noqa: E402
-from awd_edu.train import load_best  # noqa: E402
+from awd_edu.model import build_model, count_parameters  # noqa: E402
+from awd_edu.rundir import load_best  # noqa: E402
 
 NAME = "ptb-cpu"
 WINDOWS = (100, 200, 500, 1000, 2000)

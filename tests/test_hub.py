@@ -11,10 +11,11 @@ import torch
 
 import awd_edu.hub as hub
 from awd_edu.checkpoint import CheckpointError, read_metadata
-from awd_edu.config import TrainConfig, build_model
+from awd_edu.config import TrainConfig
 from awd_edu.data import batchify
 from awd_edu.files import sha256_file
 from awd_edu.loop import evaluate, perplexity
+from awd_edu.model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

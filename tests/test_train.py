@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from awd_edu.checkpoint import CheckpointError, checkpoint_dir, load_weights, read_metadata, read_metrics, read_pointer
-from awd_edu.config import TrainConfig, build_model
+from awd_edu.config import TrainConfig
 from awd_edu.loop import TrainingDiverged, evaluate, simple_fit, unigram_perplexity
+from awd_edu.model import build_model
 from awd_edu.rundir import load_best
 from awd_edu.train import Trainer
 
