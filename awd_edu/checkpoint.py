@@ -5,108 +5,22 @@
 # %% ../nbs/08b_checkpoint.ipynb #aaeb82dd
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .files import atomic_append, atomic_write, atomic_write_text
+
 # %% auto #0
-__all__ = ['METRICS_FILE', 'CheckpointError', 'atomic_write', 'atomic_link', 'atomic_write_text', 'vocab_fingerprint',
-           'weights_metadata', 'save_weights', 'read_metadata', 'load_weights', 'read_metrics', 'append_metrics',
-           'write_metrics', 'checkpoint_dir', 'pointer_path', 'read_pointer', 'has_checkpoint', 'save_checkpoint',
-           'load_checkpoint']
+__all__ = ['METRICS_FILE', 'CheckpointError', 'vocab_fingerprint', 'weights_metadata', 'save_weights', 'read_metadata',
+           'load_weights', 'read_metrics', 'append_metrics', 'write_metrics', 'checkpoint_dir', 'pointer_path',
+           'read_pointer', 'has_checkpoint', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/08b_checkpoint.ipynb #45e73f5b
 class CheckpointError(ValueError):
     "A checkpoint or weights file that cannot be used: damaged, from another vocabulary or model size, or not ours."
-
-
-def _fsync_dir(folder: Path):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-
-def _out_of_space(path, error: BaseException) -> bool:
-    "Did writing `path` fail for lack of space? The error may say so in its own words; else ask the disk."
-    if getattr(error, "errno", None) in _NO_SPACE or any(
-            words in str(error) for words in ("os error 28", "No space left", "Disk quota exceeded")):
-        return True
-    try:
-        st = os.statvfs(path.parent)
-    except (OSError, AttributeError):   # Windows has no statvfs
-        return False
-    blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
-    like = [p.stat().st_size for p in path.parent.glob(f"*{path.suffix}") if p.is_file()]   # as large as its kind
-    return blocks * st.f_frsize < max([2**20] + like)
-
-
-def _no_space_error(path, cause: BaseException) -> OSError:
-    "An OSError(ENOSPC) that names the file whose write failed (not its temporary file)."
-    code = cause.errno if isinstance(cause, OSError) and cause.errno in _NO_SPACE else errno.ENOSPC
-    return OSError(code, os.strerror(code), str(path))
-
-
-def atomic_write(path,  # the file to (re)write
-                 write,  # `write(tmp_path)` writes the whole content to the temporary file
-                ) -> Path:
-    "Write `path` all or nothing: a temporary file in the same folder, fsync, then `os.replace`. A full disk raises OSError(ENOSPC) naming `path`, whichever library wrote."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        if e.errno in _NO_SPACE:
-            raise _no_space_error(path, e) from None
-        raise
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        # torch's zip writer and safetensors report a full disk in their own words (or none): ask the disk
-        full = isinstance(e, Exception) and _out_of_space(path, e)
-        tmp.unlink(missing_ok=True)   # never leave a partial temporary file behind
-        if full:
-            raise _no_space_error(path, e) from e
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_link(source, path) -> Path:
-    "Make `path` the same file as `source`, atomically (a hard link; a copy where links are not possible)."
-    import shutil
-    source, path = Path(source), Path(path)
-    def write(tmp):
-        Path(tmp).unlink()
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-    return atomic_write(path, write)
-
-
-def atomic_write_text(path, text: str) -> Path:
-    "Write the string `text` to `path` all or nothing."
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 # %% ../nbs/08b_checkpoint.ipynb #d259dbc5
 def vocab_fingerprint(vocab) -> str:
@@ -192,22 +106,7 @@ def read_metrics(run_dir) -> list:
 
 def append_metrics(run_dir, metrics: dict):
     "Add one epoch's metrics line to the run's log and flush it to disk; a failed write leaves the log as it was."
-    path = Path(run_dir) / METRICS_FILE
-    data = memoryview((json.dumps(metrics) + "\n").encode("utf-8"))
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            while data:
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        except OSError as e:
-            os.ftruncate(fd, size)   # no half line: it would block every later read of the log
-            if e.errno in _NO_SPACE:
-                raise _no_space_error(path, e) from None
-            raise
-    finally:
-        os.close(fd)
+    atomic_append(Path(run_dir) / METRICS_FILE, (json.dumps(metrics) + "\n").encode("utf-8"))
 
 
 def write_metrics(run_dir, lines: list):

@@ -232,6 +232,17 @@ def _moved(args, limit: str) -> dict:
     return {k: v for k, v in changes.items() if v is not None}
 
 
+def _continuing(sub, name: str, func, help: str, description: str,
+                epochs: str,  # what --epochs means for this command
+               ) -> argparse.ArgumentParser:
+    "A command that continues a run (`resume`, `finetune`): RUN_DIR and the options `_moved` reads (--epochs, the machine's), and the run options."
+    p = subcommand(sub, name, func, help, description)
+    p.add_argument("--epochs", type=positive(int), default=None, help=epochs)
+    _add_machine_options(p)
+    _add_run_options(p)
+    return p
+
+
 def cmd_resume(args) -> int:
     "Run `awd-edu resume`: `Trainer.resume`, then the stage the run stopped in."
     run_dir = existing_run(args.run_dir)
@@ -251,20 +262,17 @@ def cmd_resume(args) -> int:
 
 def add_resume_parser(sub) -> None:
     "`awd-edu resume RUN_DIR [--epochs N] [--patience N] [--from-previous]`."
-    p = subcommand(sub, "resume", cmd_resume, "continue a stopped or killed run from its last completed epoch",
-                   "Continue the run in RUN_DIR from its last checkpoint (training, or fine-tuning if it had begun), "
-                   "with the config stored there. The result is the same as an uninterrupted run. A refused resume "
-                   "changes nothing in RUN_DIR.")
-    p.add_argument("--epochs", type=positive(int), default=None,
-                   help="train until this many epochs in all, e.g. to extend a finished run (default: the config's)")
+    p = _continuing(sub, "resume", cmd_resume, "continue a stopped or killed run from its last completed epoch",
+                    "Continue the run in RUN_DIR from its last checkpoint (training, or fine-tuning if it had begun), "
+                    "with the config stored there. The result is the same as an uninterrupted run. A refused resume "
+                    "changes nothing in RUN_DIR.",
+                    epochs="train until this many epochs in all, e.g. to extend a finished run (default: the config's)")
     p.add_argument("--patience", type=positive(int), default=None,
                    help="stop training once validation has not improved for N epochs, e.g. to look longer at a run "
                         "that patience stopped (default: the config's)")
     p.add_argument("--from-previous", action="store_true",
                    help="resume from the checkpoint before the latest one (when the latest is damaged): its last "
                         "epoch is trained again")
-    _add_machine_options(p)
-    _add_run_options(p)
 
 # %% ../nbs/11_cli.ipynb #6c612bb4
 def cmd_finetune(args) -> int:
@@ -291,17 +299,14 @@ def cmd_finetune(args) -> int:
 
 def add_finetune_parser(sub) -> None:
     "`awd-edu finetune RUN_DIR [--epochs N] [--allow-unfinished]`."
-    p = subcommand(sub, "finetune", cmd_finetune, "fine-tune the best weights of a run (the paper's last stage)",
-                   "Fine-tune RUN_DIR's best weights: fresh averaged SGD, window lengths capped at bptt+10, stops when "
-                   "validation stalls (the NT-ASGD rule); best.safetensors is replaced only by better weights. The "
-                   "training stage must have finished.")
-    p.add_argument("--epochs", type=positive(int), default=None,
-                   help="at most this many epochs (default: finetune_epochs)")
+    p = _continuing(sub, "finetune", cmd_finetune, "fine-tune the best weights of a run (the paper's last stage)",
+                    "Fine-tune RUN_DIR's best weights: fresh averaged SGD, window lengths capped at bptt+10, stops when "
+                    "validation stalls (the NT-ASGD rule); best.safetensors is replaced only by better weights. The "
+                    "training stage must have finished.",
+                    epochs="at most this many epochs (default: finetune_epochs)")
     p.add_argument("--allow-unfinished", action="store_true",
                    help="fine-tune although training stopped before its last epoch; its training can then no "
                         "longer be continued")
-    _add_machine_options(p)
-    _add_run_options(p)
 
 # %% ../nbs/11_cli.ipynb #5c1d8e09
 def cmd_ablations(args) -> int:

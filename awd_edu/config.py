@@ -16,13 +16,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text
-from .data import Corpus, batchify
-from .model import AWDLSTM
+from .files import atomic_write_text
 
 # %% auto #0
 __all__ = ['CONFIG_FIELDS', 'MAX_LR', 'PRESETS', 'TrainConfig', 'parse_value', 'parse_override', 'preset_changes',
-           'resolve_preset', 'resolve_device', 'make_splits', 'build_model', 'settings_table']
+           'resolve_preset', 'settings_table']
 
 # %% ../nbs/08a_config.ipynb #6a9bcf3d
 @dataclass
@@ -272,57 +270,6 @@ def resolve_preset(name: str,  # a preset name, or "auto"
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}, or auto")
     return name, "asked for by name"
-
-# %% ../nbs/08a_config.ipynb #b7c445f0
-def resolve_device(name: str = "auto",  # "auto", "cpu", "cuda" or "cuda:N"
-                   group=None,  # a `distributed.Group`: several processes on one machine take a GPU each (08g)
-                  ) -> torch.device:
-    "The device for a run: CUDA when `auto` and present, else CPU; a name out of the list, or CUDA without one, is an error."
-    _check_field("device", name)   # the same rule and message as a config's device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device on this machine; use --device "
-                         f"cpu (or auto), device='cpu' in Python")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
-                         f"device(s), numbered from 0; use --device cuda (or auto, or cpu)")
-    if device.type == "cuda" and device.index is None and group is not None and group.parallel:
-        device = torch.device("cuda", group.local_rank)   # one GPU per process
-    return device
-
-
-def make_splits(corpus: Corpus,  # the three token streams
-                config: TrainConfig,  # batch sizes and token limits
-                device=None,  # where the batchified streams go
-               ) -> dict:
-    "`train`, `valid`, `test` batchified at the config's three batch sizes (time first, `(n_steps, bsz)`)."
-    out = {}
-    for split, limit, bsz in (("train", config.max_train_tokens, config.batch_size),
-                              ("valid", config.max_eval_tokens, config.eval_batch_size),
-                              ("test", config.max_eval_tokens, config.test_batch_size)):
-        data = getattr(corpus, split)[:limit]
-        if len(data) < 2 * bsz:
-            limit_name = "max_train_tokens" if split == "train" else "max_eval_tokens"
-            raise ValueError(f"the {split} split has {len(data)} tokens, fewer than 2 rows of {bsz} columns; "
-                             f"raise {limit_name} or lower the batch size")
-        out[split] = batchify(data, bsz).to(device)
-    return out
-
-
-def build_model(config: TrainConfig,  # sizes and dropouts
-                vocab_size: int,  # V
-               ) -> AWDLSTM:
-    "An `AWDLSTM` with the config's sizes and dropouts."
-    try:
-        return AWDLSTM(vocab_size, emb_size=config.emb_size, hidden_size=config.hidden_size, n_layers=config.n_layers,
-                       dropout=config.dropout, dropouth=config.dropouth, dropouti=config.dropouti,
-                       dropoute=config.dropoute, wdrop=config.wdrop, tie_weights=config.tie_weights)
-    except (RuntimeError, MemoryError) as e:   # e.g. hidden_size=1000000: terabytes of weights
-        raise ValueError(f"the model (emb_size={config.emb_size}, hidden_size={config.hidden_size}, "
-                         f"n_layers={config.n_layers}) does not fit in memory ({(str(e).splitlines() or [''])[0][:100]}); "
-                         f"choose smaller sizes") from None
 
 # %% ../nbs/08a_config.ipynb #dc534b6a
 def _type_name(key: str) -> str:

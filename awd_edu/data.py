@@ -5,7 +5,6 @@
 # %% ../nbs/03_data.ipynb #d8fc76e8
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -17,11 +16,12 @@ from pathlib import Path
 import torch
 
 from .checks import check_int
+from .files import sha256_file
 
 # %% auto #0
 __all__ = ['EOS', 'ENV_VAR', 'PTB_FILES', 'PTB_SHA256', 'PTB_MIRRORS', 'tokenize', 'Vocab', 'read_tokens', 'Corpus', 'load_ptb',
-           'batchify', 'get_batch', 'data_root', 'ptb_dir', 'DataNotFoundError', 'ChecksumError', 'DownloadError',
-           'sha256_file', 'check_file', 'verify_ptb', 'ptb_problem', 'describe_ptb', 'download_ptb']
+           'batchify', 'get_batch', 'make_splits', 'data_root', 'ptb_dir', 'DataNotFoundError', 'ChecksumError',
+           'DownloadError', 'check_file', 'verify_ptb', 'ptb_problem', 'describe_ptb', 'download_ptb']
 
 # %% ../nbs/03_data.ipynb #56b0f597
 EOS = "<eos>"
@@ -119,6 +119,24 @@ def get_batch(source: torch.Tensor,  # batchified data, `(n_steps, bsz)`
     seq_len = min(seq_len, len(source) - 1 - i)
     return source[i : i + seq_len], source[i + 1 : i + 1 + seq_len]
 
+# %% ../nbs/03_data.ipynb #d47a5e02
+def make_splits(corpus: Corpus,  # the three token streams
+                config,  # a TrainConfig, or any object with its batch sizes and token limits
+                device=None,  # where the batchified streams go
+               ) -> dict:
+    "`train`, `valid`, `test` batchified at the config's three batch sizes (time first, `(n_steps, bsz)`)."
+    out = {}
+    for split, limit, bsz in (("train", config.max_train_tokens, config.batch_size),
+                              ("valid", config.max_eval_tokens, config.eval_batch_size),
+                              ("test", config.max_eval_tokens, config.test_batch_size)):
+        data = getattr(corpus, split)[:limit]
+        if len(data) < 2 * bsz:
+            limit_name = "max_train_tokens" if split == "train" else "max_eval_tokens"
+            raise ValueError(f"the {split} split has {len(data)} tokens, fewer than 2 rows of {bsz} columns; "
+                             f"raise {limit_name} or lower the batch size")
+        out[split] = batchify(data, bsz).to(device)
+    return out
+
 # %% ../nbs/03_data.ipynb #b9e37112
 ENV_VAR = "AWD_EDU_DATA"  # a data root holding a `ptb/` folder
 PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
@@ -162,15 +180,6 @@ def _how_to_fix(folder: Path) -> str:
     return (f"Fix it either way:\n"
             f"  - download it: `awd-edu data download --dir {folder}` (or `awd_edu.data.download_ptb('{folder}')`)\n"
             f"  - or set {ENV_VAR} to a folder that holds ptb/ptb.train.txt, ptb/ptb.valid.txt and ptb/ptb.test.txt")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    "SHA-256 hex digest of the file at `path`."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _looks_like_html(path: Path) -> bool:

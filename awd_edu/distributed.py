@@ -12,11 +12,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .config import _check_field
 from .dropout import LockedDropout
 
 # %% auto #0
-__all__ = ['Group', 'current_group', 'init_from_env', 'shard_columns', 'all_sum', 'broadcast', 'gather', 'barrier', 'check_same',
-           'wrap', 'shared_mean', 'share_masks']
+__all__ = ['Group', 'current_group', 'init_from_env', 'resolve_device', 'shard_columns', 'all_sum', 'broadcast', 'gather',
+           'barrier', 'check_same', 'wrap', 'shared_mean', 'share_masks']
 
 # %% ../nbs/08g_distributed.ipynb #275a51a6
 @dataclass(frozen=True)
@@ -52,6 +53,25 @@ def init_from_env(backend: str | None = None,  # "nccl" (GPUs) or "gloo" (CPUs);
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     return current_group()
+
+# %% ../nbs/08g_distributed.ipynb #de71ce02
+def resolve_device(name: str = "auto",  # "auto", "cpu", "cuda" or "cuda:N"
+                   group=None,  # a `distributed.Group`: several processes on one machine take a GPU each (08g)
+                  ) -> torch.device:
+    "The device for a run: CUDA when `auto` and present, else CPU; a name out of the list, or CUDA without one, is an error."
+    _check_field("device", name)   # the same rule and message as a config's device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device on this machine; use --device "
+                         f"cpu (or auto), device='cpu' in Python")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), numbered from 0; use --device cuda (or auto, or cpu)")
+    if device.type == "cuda" and device.index is None and group is not None and group.parallel:
+        device = torch.device("cuda", group.local_rank)   # one GPU per process
+    return device
 
 # %% ../nbs/08g_distributed.ipynb #277ea199
 def shard_columns(source: torch.Tensor,  # a batchified stream, (n_steps, B)

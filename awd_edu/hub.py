@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,11 +13,13 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_weights, save_weights, weights_metadata
-from .config import TrainConfig, build_model
+from .config import TrainConfig
 from .data import Corpus, load_ptb
+from .files import sha256_file
+from .model import build_model
 
 # %% auto #0
-__all__ = ['PRETRAINED', 'RESULTS_URL', 'URL_ENV', 'load_record', 'file_sha256', 'save_pretrained', 'pretrained']
+__all__ = ['PRETRAINED', 'RESULTS_URL', 'URL_ENV', 'load_record', 'save_pretrained', 'pretrained']
 
 # %% ../nbs/10a_pretrained.ipynb #552facc5
 PRETRAINED = {"ptb-cpu": "ptb-cpu-run.json"}  # name -> its record in benchmarks/results/ (the record names the weights)
@@ -60,15 +61,6 @@ def load_record(name: str = "ptb-cpu",  # a name in `PRETRAINED`
     return json.loads(_fetch(PRETRAINED[name], folder=folder).read_text())
 
 # %% ../nbs/10a_pretrained.ipynb #f3ec4182
-def file_sha256(path) -> str:
-    "The SHA-256 of a file, as hex."
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_pretrained(model: torch.nn.Module,  # a trained AWDLSTM
                     path,  # the `.safetensors` file to write
                     config: TrainConfig,  # the sizes it was built with
@@ -79,7 +71,7 @@ def save_pretrained(model: torch.nn.Module,  # a trained AWDLSTM
     half = copy.deepcopy(model).half()
     save_weights(half, path, {**weights_metadata(config, vocab), "awd_edu.record": record,
                               "awd_edu.dtype": "float16"})
-    return file_sha256(path)
+    return sha256_file(path)
 
 # %% ../nbs/10a_pretrained.ipynb #1ade5181
 def pretrained(name: str = "ptb-cpu",  # a name in `PRETRAINED`
@@ -90,7 +82,7 @@ def pretrained(name: str = "ptb-cpu",  # a name in `PRETRAINED`
     "`(model, corpus)`: the named run's weights in an `AWDLSTM` (eval mode, float32), checked against its record."
     record = load_record(name, folder)
     weights = _fetch(record["weights"]["file"], record["weights"]["sha256"], folder)
-    if file_sha256(weights) != record["weights"]["sha256"]:
+    if sha256_file(weights) != record["weights"]["sha256"]:
         raise CheckpointError(f"{weights} does not match its record ({PRETRAINED[name]}): its SHA-256 differs, so "
                               f"it is damaged or from another run; delete it and call pretrained({name!r}) again")
     config = TrainConfig(**record["config"])

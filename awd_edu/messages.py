@@ -19,7 +19,7 @@ import torch
 from . import checkpoint, data, loop
 
 # %% auto #0
-__all__ = ['DEBUG_ENV', 'PACKAGE', 'WRITERS', 'Terminated', 'raised_by_us', 'explain', 'positive', 'checked', 'catch_signal',
+__all__ = ['DEBUG_ENV', 'PACKAGE', 'WRITERS', 'Terminated', 'raised_by_us', 'explain', 'checked', 'positive', 'catch_signal',
            'raise_terminated', 'output_closed', 'handle']
 
 # %% ../nbs/11a_messages.ipynb #30fe60f3
@@ -154,32 +154,32 @@ def explain(error: BaseException,  # what a command raised
     return None   # torch's, numpy's or Python's own ValueError is a bug to report: it keeps its traceback
 
 # %% ../nbs/11a_messages.ipynb #892e9272
-def positive(kind):
-    "An argparse type: refuses, with a message, anything but a number of type `kind` (int or float) that is finite and > 0."
+def checked(kind,  # int or float: what the text must be
+            check,  # `check(value)`: returns the value or raises a ValueError stating its rule (`fn: name must be ...`)
+            rule: str = "",  # the rule in words, said with the type when the text is not a number at all (" > 0")
+           ):
+    "An argparse type: the text as a `kind`, then `check(value)`, whose ValueError becomes argparse's message for the flag."
     what = "an integer" if kind is int else "a number"
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}") from None
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}")
-        return value
-    return parse
-
-def checked(kind, check):
-    "An argparse type: the text as a `kind` (int or float), then `check(value)`, a package function that returns it or raises a ValueError stating its rule (`fn: name must be ...`), which becomes argparse's message for the flag."
-    what = "an integer" if kind is int else "a number"
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {what}{rule}, got {text!r}") from None
         try:
             return check(value)
         except ValueError as e:   # `fn: lam must be ...`: argparse names the flag, the rule says the rest
             raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
     return parse
+
+
+def positive(kind):
+    "An argparse type: refuses, with a message, anything but a number of type `kind` (int or float) that is finite and > 0."
+    what = "an integer" if kind is int else "a number"
+    def check(value):
+        if not 0 < value < math.inf:
+            raise ValueError(f"must be {what} > 0, got {str(value)!r}")
+        return value
+    return checked(kind, check, " > 0")
 
 # %% ../nbs/11a_messages.ipynb #6df8b797
 def catch_signal(signum, handler):

@@ -17,7 +17,7 @@ from .weight_drop import WeightDrop, check_p
 
 # %% auto #0
 __all__ = ['layer_sizes', 'lstm_params', 'parameter_counts', 'count_parameters', 'AWDLSTMOutput', 'detach_hidden', 'eval_mode',
-           'AWDLSTM']
+           'AWDLSTM', 'build_model']
 
 # %% ../nbs/06_model.ipynb #927440fa
 def layer_sizes(emb_size: int,  # d, the embedding size
@@ -158,3 +158,17 @@ class AWDLSTM(nn.Module):
     def extra_repr(self) -> str:
         return (f"vocab_size={self.vocab_size}, sizes={self.sizes}, dropout={self.dropout}, dropouth={self.dropouth}, "
                 f"dropouti={self.dropouti}, dropoute={self.dropoute}, wdrop={self.wdrop}, tie_weights={self.tie_weights}")
+
+# %% ../nbs/06_model.ipynb #b0d1e002
+def build_model(config,  # a TrainConfig, or any object with its sizes and dropouts
+                vocab_size: int,  # V
+               ) -> AWDLSTM:
+    "An `AWDLSTM` with the config's sizes and dropouts."
+    try:
+        return AWDLSTM(vocab_size, emb_size=config.emb_size, hidden_size=config.hidden_size, n_layers=config.n_layers,
+                       dropout=config.dropout, dropouth=config.dropouth, dropouti=config.dropouti,
+                       dropoute=config.dropoute, wdrop=config.wdrop, tie_weights=config.tie_weights)
+    except (RuntimeError, MemoryError) as e:   # e.g. hidden_size=1000000: terabytes of weights
+        raise ValueError(f"the model (emb_size={config.emb_size}, hidden_size={config.hidden_size}, "
+                         f"n_layers={config.n_layers}) does not fit in memory ({(str(e).splitlines() or [''])[0][:100]}); "
+                         f"choose smaller sizes") from None

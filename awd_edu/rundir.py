@@ -10,12 +10,14 @@ import re
 from pathlib import Path
 
 from .checkpoint import (
-    METRICS_FILE, CheckpointError, atomic_link, checkpoint_dir, has_checkpoint, load_weights, read_metadata,
+    METRICS_FILE, CheckpointError, checkpoint_dir, has_checkpoint, load_weights, read_metadata,
     read_metrics, weights_metadata)
-from .config import TrainConfig, build_model, resolve_device
+from .config import TrainConfig
 from .data import Corpus, batchify, load_ptb
-from .distributed import Group, all_sum
+from .distributed import Group, all_sum, resolve_device
+from .files import atomic_link
 from .loop import evaluate, perplexity
+from .model import build_model
 
 try:
     import fcntl   # POSIX; on Windows a run folder is not locked

@@ -18,15 +18,16 @@ import torch
 from .callbacks import ProgressBar
 from . import checkpoint as ckpt
 from .checkpoint import (
-    CheckpointError, append_metrics, atomic_write_text, load_weights, read_metadata, read_metrics, save_weights,
+    CheckpointError, append_metrics, load_weights, read_metadata, read_metrics, save_weights,
     weights_metadata, write_metrics)
-from .config import TrainConfig, build_model, make_splits, resolve_device
-from .data import Corpus
+from .config import TrainConfig
+from .data import Corpus, make_splits
+from .files import atomic_write_text
 from .distributed import (
-    Group, all_sum, barrier, check_same, current_group, gather, shard_columns, shared_mean, wrap)
+    Group, all_sum, barrier, check_same, current_group, gather, resolve_device, shard_columns, shared_mean, wrap)
 from .bptt import seq_len_pmf
 from .loop import TrainingDiverged, divergence_bound, evaluate, perplexity, train_epoch
-from .model import count_parameters
+from .model import build_model, count_parameters
 from .ntasgd import NonMonotonicTrigger, averaged_weights, make_asgd
 from .rundir import (
     RESUMABLE, check_config_unchanged, check_new_run_dir, check_run_dir, finetune_best, hold_run_dir, keep_training_best, load_best,

@@ -30,9 +30,10 @@ import common  # noqa: E402
 
 from awd_edu.ablations import (  # noqa: E402
     ABLATIONS, PAPER_SOURCE, PAPER_TABLE, ablation_config, get_ablation, regime_checks, study_config, summarise)
-from awd_edu.checkpoint import atomic_write_text, has_checkpoint  # noqa: E402
+from awd_edu.checkpoint import has_checkpoint  # noqa: E402
 from awd_edu.config import TrainConfig  # noqa: E402
 from awd_edu.data import Corpus  # noqa: E402
+from awd_edu.files import atomic_write_text  # noqa: E402
 from awd_edu.model import count_parameters  # noqa: E402
 from awd_edu.rundir import RESUMABLE  # noqa: E402
 from awd_edu.train import Trainer  # noqa: E402

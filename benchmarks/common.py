@@ -43,7 +43,7 @@ def cpu_name() -> str:
 
 def resolve_device(name: str) -> torch.device:
     "The trainer's rule (`auto`: cuda when present, else cpu), with a refusal printed as a command-line error."
-    from awd_edu.config import resolve_device as trainer_device
+    from awd_edu.distributed import resolve_device as trainer_device
     try:
         return trainer_device(name)
     except (ValueError, RuntimeError) as e:

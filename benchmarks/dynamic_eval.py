@@ -1,6 +1,6 @@
 """Static, cache, dynamic evaluation, and dynamic evaluation + cache on a trained run: chosen on validation, then test.
 
-For a run directory (anything `awd-edu train` made; its best weights through `awd_edu.train.load_best`):
+For a run directory (anything `awd-edu train` made; its best weights through `awd_edu.rundir.load_best`):
 
 1. the neural cache (chapter 09): window 500, theta and lambda chosen on the validation text over a small grid
    (the model runs once; each setting is a few matrix products), then static and cache on validation and test;
@@ -22,7 +22,6 @@ partial file under runs/benchmarks/, so an interrupted run picks up where it sto
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -38,6 +37,7 @@ from awd_edu.cache import cache_log_p, collect_outputs, evaluate_with_cache, mix
 from awd_edu.data import batchify  # noqa: E402
 from awd_edu.dynamic import (DYNAMIC_DEFAULTS, DYNAMIC_SEARCH, evaluate_dynamic, gradient_rms,  # noqa: E402
                              search_dynamic)
+from awd_edu.files import sha256_file  # noqa: E402
 from awd_edu.loop import perplexity  # noqa: E402
 from awd_edu.model import count_parameters  # noqa: E402
 
@@ -52,12 +52,6 @@ PAPERS = dict(
     dynamic_cache=None)  # neither paper reports dynamic evaluation + cache for AWD-LSTM
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -145,7 +139,7 @@ def cache_search(model, valid) -> dict:
 
 
 def run(args) -> dict:
-    from awd_edu.train import load_best
+    from awd_edu.rundir import load_best
     if args.threads:
         torch.set_num_threads(args.threads)
     config, corpus, model = load_best(args.run, device="cpu")
@@ -153,7 +147,7 @@ def run(args) -> dict:
     cut = (lambda t: t[:args.max_tokens]) if args.max_tokens else (lambda t: t)
     valid, test = batchify(cut(corpus.valid), 1), batchify(cut(corpus.test), 1)
     search_src = valid[:min(args.search_tokens, len(valid))]
-    key = dict(format=2, weights=file_sha256(args.run / "best.safetensors"), max_tokens=args.max_tokens,
+    key = dict(format=2, weights=sha256_file(args.run / "best.safetensors"), max_tokens=args.max_tokens,
                search_tokens=len(search_src), grad_batches=args.grad_batches, etas=args.etas, lams=args.lams,
                eps=args.eps, bptt=args.bptt, cache_grid=CACHE_GRID, time_tokens=args.time_tokens)
     steps = Steps(common.SCRATCH / f"{NAME}-{args.run.resolve().name}.partial.json", key, args.fresh)
@@ -187,9 +181,9 @@ def run(args) -> dict:
               flush=True)
         ms, seconds, cpu = timed(lambda: gradient_rms(model, train, args.bptt, n))
         torch.save(ms, ms_path)
-        return dict(seconds=seconds, cpu_seconds=cpu, sha256=file_sha256(ms_path))
+        return dict(seconds=seconds, cpu_seconds=cpu, sha256=sha256_file(ms_path))
     st = steps.get("ms_sqrt", statistics)
-    if not ms_path.is_file() or file_sha256(ms_path) != st["sha256"]:
+    if not ms_path.is_file() or sha256_file(ms_path) != st["sha256"]:
         steps.done.pop("ms_sqrt")
         st = steps.get("ms_sqrt", statistics)
     ms_sqrt = torch.load(ms_path, weights_only=True)

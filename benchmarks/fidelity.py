@@ -355,13 +355,9 @@ def reference_data(ptb: Path, dest: Path, tiny: dict | None) -> dict:
 
 # ------------------------------------------------------------------------------------------ running the jobs
 def _atomic_json(path: Path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    "Write `obj` as JSON to `path`, all or nothing."
+    from awd_edu.files import atomic_write_text
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _child_env(threads: int, awd_edu: bool) -> dict:

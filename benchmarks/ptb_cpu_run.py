@@ -13,7 +13,6 @@ and reused when the same run is recorded again with a baseline added.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import math
@@ -29,13 +28,14 @@ import common  # noqa: E402
 
 from awd_edu.cache import cache_log_p, collect_outputs, mix_nll  # noqa: E402
 from awd_edu.checkpoint import load_weights, read_metadata, read_metrics, weights_metadata  # noqa: E402
-from awd_edu.config import TrainConfig, build_model  # noqa: E402
+from awd_edu.config import TrainConfig  # noqa: E402
 from awd_edu.data import batchify  # noqa: E402
+from awd_edu.files import sha256_file  # noqa: E402
 from awd_edu.generate import format_words, sample_words  # noqa: E402
 from awd_edu.hub import PRETRAINED, save_pretrained  # noqa: E402
 from awd_edu.loop import evaluate, perplexity  # noqa: E402
-from awd_edu.model import count_parameters  # noqa: E402
-from awd_edu.train import load_best  # noqa: E402
+from awd_edu.model import build_model, count_parameters  # noqa: E402
+from awd_edu.rundir import load_best  # noqa: E402
 
 NAME = "ptb-cpu"
 WINDOWS = (100, 200, 500, 1000, 2000)
@@ -116,13 +116,9 @@ def keep_or_replace(weights: Path, write) -> str:
         old, new = load_file(weights), load_file(fresh)
         if old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old):
             fresh.unlink()
-            return _sha256(weights)
+            return sha256_file(weights)
     fresh.replace(weights)
     return sha
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def score_run(run: Path, out: Path) -> dict:

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py, next to this script)
 
 from awd_edu.lstm import ScratchLSTM  # noqa: E402
-from awd_edu.model import detach_hidden, layer_sizes  # noqa: E402
-from awd_edu.config import PRESETS, TrainConfig, build_model  # noqa: E402
+from awd_edu.model import build_model, detach_hidden, layer_sizes  # noqa: E402
+from awd_edu.config import PRESETS, TrainConfig  # noqa: E402
 from awd_edu.loop import lm_loss  # noqa: E402
 
 PTB_VOCAB = 10_000  # Penn Treebank's vocabulary (the step time does not depend on the words themselves)

@@ -24,7 +24,7 @@ from awd_edu.ablations import (
 from awd_edu.viz.ablations import what_the_record_says
 from awd_edu.config import TrainConfig
 from awd_edu.loop import lm_loss
-from awd_edu.config import build_model
+from awd_edu.model import build_model
 from awd_edu.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

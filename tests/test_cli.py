@@ -265,3 +265,13 @@ def test_resume_passes_patience_on_and_refuses_a_bad_one(capsys):
     with pytest.raises(SystemExit) as e:
         parse(["resume", "r", "--patience", "0"])
     assert e.value.code == 2 and "--patience" in capsys.readouterr().err
+
+
+def test_resume_and_finetune_take_the_options_that_continue_a_run():
+    from awd_edu.cli import build_parser
+    parser = build_parser()
+    for command, extra in (("resume", ["--patience", "2", "--from-previous"]), ("finetune", ["--allow-unfinished"])):
+        args = parser.parse_args([command, "r", "--epochs", "3", "--device", "cpu", "--data-dir", "d", "--quiet",
+                                  "--no-report"] + extra)
+        assert (args.run_dir, args.epochs, args.device, args.data_dir, args.quiet, args.no_report) == (
+            "r", 3, "cpu", "d", True, True)

@@ -20,6 +20,7 @@ import torch
 
 import awd_edu.checkpoint as ckpt
 import awd_edu.cli as cli
+import awd_edu.files as files
 import awd_edu.loop as loop
 import awd_edu.messages as messages
 import awd_edu.rundir as R
@@ -165,7 +166,7 @@ def refuse_writes_under(monkeypatch, folder, code=errno.EROFS):
         if dir is not None and Path(dir).resolve().is_relative_to(Path(folder).resolve()):
             raise OSError(code, os.strerror(code), os.path.join(dir, f"{prefix}XXXXXXXX{suffix}"))
         return real(suffix, prefix, dir, text)
-    monkeypatch.setattr(ckpt, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
+    monkeypatch.setattr(files, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
 
 
 @pytest.mark.parametrize("command", ["train", "resume", "finetune"])
@@ -369,3 +370,16 @@ def test_an_error_raised_in_a_cell_run_by_nbdev_test_counts_as_the_packages():
             return e
     assert raised_by_us(raised_in("<ipython-input-3-d34a0d851a90>"))    # execnb names the cells it runs so
     assert not raised_by_us(raised_in("<string>"))                       # code made up at run time is not ours
+
+
+def test_positive_and_checked_share_one_parse_step():
+    import argparse
+    from awd_edu.messages import checked, positive
+    assert positive(int)("3") == 3 and positive(float)("0.5") == 0.5
+    for parse, text, words in ((positive(int), "x", "must be an integer > 0, got 'x'"),
+                               (positive(int), "0", "must be an integer > 0, got '0'"),
+                               (positive(float), "inf", "must be a number > 0, got 'inf'"),
+                               (checked(float, lambda v: v), "x", "must be a number, got 'x'"),
+                               (checked(int, lambda v: 1 // 0 if v else v), "1.5", "must be an integer, got '1.5'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            parse(text)

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from awd_edu import data
-from awd_edu.data import (PTB_FILES, PTB_SHA256, ChecksumError, Corpus, DataNotFoundError, DownloadError,
-                          batchify, download_ptb, get_batch, load_ptb, ptb_dir, sha256_file, verify_ptb)
+from awd_edu.data import (PTB_FILES, PTB_SHA256, ChecksumError, Corpus, DataNotFoundError, DownloadError, make_splits,
+                          Vocab, batchify, download_ptb, get_batch, load_ptb, ptb_dir, verify_ptb)
+from awd_edu.files import sha256_file
+from awd_edu.config import TrainConfig
 
 
 # ---------------------------------------------------------------------------------------------- the real corpus
@@ -298,3 +300,24 @@ def test_tokenize_puts_eos_after_every_line_and_splits_on_any_whitespace():
     from awd_edu.data import EOS, tokenize
     assert tokenize(" a  b\tc \n\nd\n") == ["a", "b", "c", EOS, EOS, "d", EOS]   # an empty line is one <eos>
     assert tokenize("") == [] and tokenize("x") == ["x", EOS]                # a last line without newline too
+
+
+def _toy_corpus():
+    toy = Corpus.__new__(Corpus)   # 40 / 20 / 10 token ids, built by hand
+    toy.vocab, toy.train, toy.valid, toy.test = Vocab([f"w{i}" for i in range(9)]), torch.arange(40), torch.arange(20), torch.arange(10)
+    return toy
+
+
+def test_make_splits_lays_out_each_split_at_its_batch_size_after_the_token_limit():
+    toy = _toy_corpus()
+    cfg = TrainConfig(batch_size=4, eval_batch_size=2, test_batch_size=1, max_train_tokens=16, max_eval_tokens=None)
+    splits = make_splits(toy, cfg)
+    assert torch.equal(splits["train"], batchify(toy.train[:16], 4))
+    assert torch.equal(splits["valid"], batchify(toy.valid, 2)) and torch.equal(splits["test"], batchify(toy.test, 1))
+
+
+def test_make_splits_refuses_a_split_shorter_than_two_rows_naming_the_setting():
+    with pytest.raises(ValueError, match="max_eval_tokens"):
+        make_splits(_toy_corpus(), TrainConfig(eval_batch_size=6, max_eval_tokens=11))
+    with pytest.raises(ValueError, match="max_train_tokens"):
+        make_splits(_toy_corpus(), TrainConfig(batch_size=4, max_train_tokens=7))

@@ -225,3 +225,14 @@ def test_the_readme_commands_train_and_resume_through_torchrun(tmp_path):
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     assert torch.load(run / "checkpoints" / "train-e0002.state.pt", weights_only=True)["world_size"] == 2
+
+
+def test_resolve_device_turns_a_name_into_this_process_s_device():
+    from awd_edu.distributed import resolve_device
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda", Group(1, 2, 1))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import awd_edu.dynamic as dyn
-from awd_edu.cache import NeuralCache, cache_nll, stream_outputs
+from awd_edu.cache import cache_nll, stream_outputs
 from awd_edu.data import batchify
 from awd_edu.dynamic import (DYNAMIC_DEFAULTS, DYNAMIC_GRID, DYNAMIC_SEARCH, check_dynamic_args, dynamic_outputs, dynamic_update,
                              evaluate_dynamic, gradient_rms, rms_norm, search_dynamic, search_grid)

@@ -11,9 +11,11 @@ import torch
 
 import awd_edu.hub as hub
 from awd_edu.checkpoint import CheckpointError, read_metadata
-from awd_edu.config import TrainConfig, build_model
+from awd_edu.config import TrainConfig
 from awd_edu.data import batchify
+from awd_edu.files import sha256_file
 from awd_edu.loop import evaluate, perplexity
+from awd_edu.model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +45,7 @@ def test_the_weights_are_half_precision_with_the_metadata_and_the_file_hash(resu
     from safetensors import safe_open
     with safe_open(str(folder / "tiny.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
-    assert hub.file_sha256(folder / "tiny.safetensors") == json.loads((folder / "tiny-run.json").read_text())[
+    assert sha256_file(folder / "tiny.safetensors") == json.loads((folder / "tiny-run.json").read_text())[
         "weights"]["sha256"]
 
 

@@ -244,3 +244,26 @@ def test_cuda_forward_backward():
         m.eval()
         a, b = m(torch.arange(6, device="cuda").view(3, 2)), m(torch.arange(6, device="cuda").view(3, 2))
     assert torch.equal(a.logits, b.logits)
+
+
+def test_build_model_takes_any_object_with_the_config_s_sizes_and_dropouts():
+    from types import SimpleNamespace
+    from awd_edu.model import build_model
+    sizes = SimpleNamespace(emb_size=8, hidden_size=16, n_layers=2, tie_weights=False,
+                            dropout=0.1, dropouth=0.2, dropouti=0.3, dropoute=0.05, wdrop=0.4)
+    m = build_model(sizes, 30)
+    assert (m.vocab_size, m.emb_size, m.hidden_size, m.n_layers, m.tie_weights) == (30, 8, 16, 2, False)
+    assert (m.dropout, m.dropouth, m.dropouti, m.dropoute, m.wdrop) == (0.1, 0.2, 0.3, 0.05, 0.4)
+    assert m.decoder.weight is not m.encoder.weight
+
+
+def test_build_model_names_sizes_that_do_not_fit_in_memory(monkeypatch):
+    from types import SimpleNamespace
+    import awd_edu.model as M
+    def no_memory(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: not enough memory")
+    monkeypatch.setattr(M, "AWDLSTM", no_memory)
+    sizes = SimpleNamespace(emb_size=8, hidden_size=10**7, n_layers=2, tie_weights=True,
+                            dropout=0, dropouth=0, dropouti=0, dropoute=0, wdrop=0)
+    with pytest.raises(ValueError, match="does not fit in memory.*choose smaller sizes"):
+        M.build_model(sizes, 30)

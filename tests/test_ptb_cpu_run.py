@@ -9,7 +9,7 @@ import pytest
 from awd_edu.cache import CACHE_PRESETS, evaluate_with_cache
 from awd_edu.config import TrainConfig
 from awd_edu.data import batchify
-from awd_edu.hub import file_sha256
+from awd_edu.files import sha256_file
 from awd_edu.rundir import load_best
 from awd_edu.train import Trainer
 
@@ -61,7 +61,7 @@ def test_the_record_holds_the_run_its_cache_choice_and_its_weights(runs, ptb_cor
     assert math.isclose(rec["test_ppl_cache"], test["ppl"], rel_tol=1e-6)
     assert math.isclose(rec["test_ppl"], test["base_ppl"], rel_tol=1e-6)       # batch 1: the model alone
     weights = out.with_name("ptb-cpu.safetensors")
-    assert rec["weights"]["sha256"] == file_sha256(weights) and rec["weights"]["file"] == weights.name
+    assert rec["weights"]["sha256"] == sha256_file(weights) and rec["weights"]["file"] == weights.name
     assert abs(rec["results"]["test_ppl_half_precision"] / rec["test_ppl"] - 1) < 5e-3
     assert len(rec["samples"]) == 3 and all(len(s.split()) >= 40 for s in rec["samples"])
     # recorded again with the baseline: the scores are reused, the baseline added
@@ -91,11 +91,11 @@ def test_scoring_again_keeps_a_weights_file_whose_tensors_are_the_same(tmp_path)
     t = {"a": torch.arange(6.0).reshape(2, 3)}
 
     def write(tensors, meta):
-        return lambda path: (save_file(tensors, str(path), metadata=meta), file_sha256(path))[1]
+        return lambda path: (save_file(tensors, str(path), metadata=meta), sha256_file(path))[1]
     first = ptb_cpu_run.keep_or_replace(weights, write(t, {"x": "1", "y": "2"}))
     before = weights.read_bytes()
     assert ptb_cpu_run.keep_or_replace(weights, write(dict(t), {"y": "2", "x": "1"})) == first
     assert weights.read_bytes() == before and not list(tmp_path.glob("*.new.*"))
     changed = ptb_cpu_run.keep_or_replace(weights, write({"a": t["a"] + 1}, {"x": "1", "y": "2"}))
-    assert changed != first and changed == file_sha256(weights)
+    assert changed != first and changed == sha256_file(weights)
     assert ptb_cpu_run.keep_or_replace(weights, write({"a": t["a"] + 1}, {"x": "1", "y": "3"})) != changed  # metadata

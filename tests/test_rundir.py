@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import awd_edu.checkpoint as ckpt
+import awd_edu.files as files
 import awd_edu.messages as messages
 import awd_edu.train as T
 from awd_edu.cli import main
@@ -293,7 +294,7 @@ def test_a_full_disk_is_one_message_naming_the_file_and_the_intact_checkpoint(ru
         if "e0003" in target or (writer == "json" and "results" in target):
             return full(*args, **kw)
         return real(*args, **kw)
-    monkeypatch.setattr(ckpt.os, "statvfs", lambda folder: os.statvfs_result((4096, 4096, 1000, 0, 0, 1000, 0, 0, 0, 255)))   # a full disk
+    monkeypatch.setattr(files.os, "statvfs", lambda folder: os.statvfs_result((4096, 4096, 1000, 0, 0, 1000, 0, 0, 0, 255)))   # a full disk
     if writer == "torch.save":
         monkeypatch.setattr(torch, "save", write)
     elif writer == "safetensors":
@@ -323,7 +324,7 @@ def test_a_full_disk_while_logging_an_epoch_leaves_no_half_line(run, monkeypatch
             real(fd, bytes(data)[:20])   # part of the line reached the disk
             raise OSError(28, "No space left on device")
         return real(fd, data)
-    monkeypatch.setattr(ckpt.os, "write", write)
+    monkeypatch.setattr(files.os, "write", write)
     with pytest.raises(OSError) as e:
         T.Trainer.resume(run, epochs=3, progress=False).fit()
     assert e.value.errno == 28 and str(run / "metrics.jsonl") == e.value.filename

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from awd_edu.checkpoint import CheckpointError, checkpoint_dir, load_weights, read_metadata, read_metrics, read_pointer
-from awd_edu.config import TrainConfig, build_model
+from awd_edu.config import TrainConfig
 from awd_edu.loop import TrainingDiverged, evaluate, simple_fit, unigram_perplexity
+from awd_edu.model import build_model
 from awd_edu.rundir import load_best
 from awd_edu.train import Trainer
 
@@ -394,10 +395,10 @@ def test_a_diverged_validation_loss_is_never_saved_as_best(ptb_corpus, tmp_path)
 
 def test_an_unreadable_run_folder_fails_before_training(ptb_corpus, tmp_path, monkeypatch):
     import errno
-    import awd_edu.checkpoint as C
+    import awd_edu.files as F
     def read_only(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "r"))
-    monkeypatch.setattr(C.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(F.tempfile, "mkstemp", read_only)
     with pytest.raises(OSError) as e:
         Trainer(small(), tmp_path / "r", corpus=ptb_corpus, progress=False)
     assert e.value.errno == errno.EROFS

@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..callbacks import History
-from ..checkpoint import atomic_write_text, read_metrics
+from ..checkpoint import read_metrics
+from ..files import atomic_write_text
 from .style import COLORS, apply_style
 
 # %% auto #0
