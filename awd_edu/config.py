@@ -264,7 +264,7 @@ def resolve_preset(name: str,  # a preset name, or "auto"
     if name == "auto":
         cuda = torch.cuda.is_available() if cuda is None else cuda
         if cuda:
-            return "ptb", "a CUDA device is present, so the paper's full PTB model (500 epochs)"
+            return "ptb", "a CUDA device is present, so the paper's full PTB model (500 epochs, its code's README command)"
         return "ptb-small", ("no CUDA device, so the CPU preset (4 epochs of a few minutes each on 2 cores); the full "
                              "ptb preset would take about 19 minutes per epoch on such a CPU")
     if name not in PRESETS:

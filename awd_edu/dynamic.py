@@ -32,10 +32,10 @@ DYNAMIC_SEARCH = dict(etas=(3e-5, 5e-5, 1e-4, 2e-4, 4e-4), lams=(0.001, 0.002, 0
 
 def check_dynamic_args(eta, lam, eps=DYNAMIC_DEFAULTS["eps"], bptt=DYNAMIC_DEFAULTS["bptt"],
                        fn: str = "check_dynamic_args") -> tuple:
-    "`(eta, lam, eps, bptt)` checked: eta >= 0, lam in [0, 1], eps > 0, bptt an int >= 1; a ValueError names a bad one."
-    return (check_number(eta, "eta", 0.0, fn=fn, hint="the step size; 0 gives the static model"),
-            check_number(lam, "lam", 0.0, 1.0, fn=fn, hint="the decay rate towards the trained weights"),
-            check_number(eps, "eps", 0.0, above=True, fn=fn, hint="it keeps the step finite where the RMS is 0"),
+    "`(eta, lam, eps, bptt)` checked: eta >= 0, lam in [0, 1], eps > 0, bptt an int >= 1; a TypeError (wrong type) or ValueError names a bad one."
+    return (check_number(eta, "eta", 0, fn=fn, hint="the step size; 0 gives the static model"),
+            check_number(lam, "lam", 0, 1, fn=fn, hint="the decay rate towards the trained weights"),
+            check_number(eps, "eps", 0, above=True, fn=fn, hint="it keeps the step finite where the RMS is 0"),
             check_int(bptt, "bptt", 1, fn=fn))
 
 
@@ -88,7 +88,7 @@ def rms_norm(ms_sqrt: dict,  # sqrt(MS_g) per parameter name, from `gradient_rms
              lam: float,  # the decay rate lambda: RMS_norm is clipped at 1 / lambda
             ) -> dict:
     "RMS_norm per parameter: sqrt(MS_g) / avg(sqrt(MS_g)) (avg: the mean of each tensor's mean), clipped at 1/lambda."
-    lam = check_number(lam, "lam", 0.0, 1.0, fn="rms_norm")
+    lam = check_number(lam, "lam", 0, 1, fn="rms_norm")
     avg = sum(r.mean() for r in ms_sqrt.values()) / len(ms_sqrt)  # dynamiceval.py's gsum / count
     cap = math.inf if lam == 0 else 1.0 / lam  # lambda RMS_norm <= 1: a decay never overshoots theta_g
     return {name: (r / avg).clamp(max=cap) for name, r in ms_sqrt.items()}
