@@ -25,8 +25,8 @@ from .model import count_parameters
 from .rundir import existing_run
 
 # %% auto #0
-__all__ = ['subcommand', 'parser_of', 'cmd_data', 'add_data_parser', 'cmd_train', 'add_train_parser', 'cmd_resume',
-           'add_resume_parser', 'cmd_finetune', 'add_finetune_parser', 'cmd_ablations', 'cmd_presets',
+__all__ = ['PRESET_COSTS', 'subcommand', 'parser_of', 'cmd_data', 'add_data_parser', 'cmd_train', 'add_train_parser',
+           'cmd_resume', 'add_resume_parser', 'cmd_finetune', 'add_finetune_parser', 'cmd_ablations', 'cmd_presets',
            'add_presets_parser', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #501fbcc2
@@ -318,6 +318,14 @@ def cmd_ablations(args) -> int:
     return 0
 
 
+PRESET_COSTS = {   # measured on this project's 2-core CPU (AMD EPYC, 2 threads), and where each figure is recorded
+    "ptb": "about 19 min an epoch on 2 CPU cores, so a GPU job (benchmarks/results/epoch_time-cpu.json)",
+    "ptb-small": "about 9 min for its 4 epochs on 2 CPU cores (benchmarks/results/ppl_budget-cpu.json)",
+    "ptb-cpu": "3.8 h of epochs on 2 CPU cores, median 228 s an epoch: test ppl 77.1 (benchmarks/results/ptb-cpu-run.json)",
+    "tiny": "seconds",
+}
+
+
 def cmd_presets(args) -> int:
     "Run `awd-edu presets`: the presets' settings side by side (or one preset's), as a table or as JSON."
     names = [resolve_preset(args.name)[0]] if args.name else list(PRESETS)
@@ -326,6 +334,7 @@ def cmd_presets(args) -> int:
         print(json.dumps({name: c.to_dict() for name, c in configs.items()}, indent=2))
         return 0
     print(settings_table(configs))
+    print("\nmeasured:\n" + "\n".join(f"  {name}: {PRESET_COSTS[name]}" for name in names if name in PRESET_COSTS))
     auto, reason = resolve_preset("auto")
     print(f"* differs from the paper's setting (the ptb preset).\n--preset auto is {auto} on this machine: {reason}.")
     return 0

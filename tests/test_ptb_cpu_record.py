@@ -64,3 +64,13 @@ def test_pretrained_reproduces_the_recorded_test_perplexity(record, ptb_corpus):
     assert not model.training
     ppl = perplexity(evaluate(model, batchify(corpus.test, 1), bptt=record["config"]["bptt"]))
     assert abs(ppl / record["test_ppl"] - 1) < 5e-3
+
+
+def test_awd_edu_presets_states_the_recorded_cost(record, capsys):
+    "`awd-edu presets` gives every preset its measured cost, and ptb-cpu's is the record's."
+    from awd_edu.cli import PRESET_COSTS, main
+    from awd_edu.config import PRESETS
+    assert set(PRESET_COSTS) == set(PRESETS)
+    assert f"{record['wall_hours']:.1f} h" in PRESET_COSTS["ptb-cpu"] and f"{record['test_ppl']:.1f}" in PRESET_COSTS["ptb-cpu"]
+    assert main(["presets"]) == 0
+    assert PRESET_COSTS["ptb-cpu"] in capsys.readouterr().out

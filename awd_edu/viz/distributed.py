@@ -10,6 +10,7 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
+from ..checks import check_int
 from ..data import batchify
 from ..distributed import Group, share_masks, shard_columns
 from ..dropout import LockedDropout
@@ -62,8 +63,7 @@ def sharding_figure(batch_size: int = 12,  # B, the columns of the batch
                    ) -> go.Figure:
     "The columns of the stream coloured by the process that trains them, with a built-in slider over their number."
     world_sizes = list(world_sizes)
-    if not 0 <= active < len(world_sizes):
-        raise ValueError(f"sharding_figure: active must index world_sizes (0..{len(world_sizes) - 1}), got {active}")
+    active = check_int(active, "active", 0, len(world_sizes) - 1, fn="sharding_figure", hint="an index into world_sizes")
     if max(world_sizes) > len(_LIGHT):
         raise ValueError(f"sharding_figure: at most {len(_LIGHT)} processes can be told apart, got {max(world_sizes)}")
     panels = [_panel(batch_size, n_steps, w) for w in world_sizes]   # shard_columns refuses a W that does not divide B

@@ -11,6 +11,7 @@ import math
 import plotly.graph_objects as go
 import torch
 
+from ..checks import check_int
 from ..generate import temperature_softmax
 from .style import apply_style, legend_above
 
@@ -83,8 +84,7 @@ def temperature_figure(logits,  # the model's scores for the next word, (V,) (`n
                       ) -> go.Figure:
     "The explorer without a kernel: the next word's top-k probabilities and the rest, a built-in slider over T."
     temps = [float(t) for t in temperatures]
-    if not 0 <= active < len(temps):
-        raise ValueError(f"temperature_figure: active must index temperatures (0..{len(temps) - 1}), got {active}")
+    active = check_int(active, "active", 0, len(temps) - 1, fn="temperature_figure", hint="an index into temperatures")
     logits, order, labels = _setup(logits, itos, k)
     panels = [_panel(logits, order, t) for t in temps]
     fig = go.Figure([_bars(labels, h, t, visible=n == active) for n, (t, (h, _)) in enumerate(zip(temps, panels))])

@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..checks import check_int
 from ..lstm import memory_trace
 from .style import apply_style
 
@@ -122,8 +123,7 @@ def forget_bias_figure(biases=(-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0),  # the value
                       ) -> go.Figure:
     "The explorer without a kernel: c_t after one write, with a built-in slider over the forget-gate bias."
     biases = [float(b) for b in biases]
-    if not 0 <= active < len(biases):
-        raise ValueError(f"forget_bias_figure: active must index biases (0..{len(biases) - 1}), got {active}")
+    active = check_int(active, "active", 0, len(biases) - 1, fn="forget_bias_figure", hint="an index into biases")
     fig = go.Figure([tr for n, b in enumerate(biases) for tr in _memory_traces(b, steps, n == active)])
     shown = [_memory(b, steps) for b in biases]   # (t, c, the half-life's step, title) per bias
     steps_ = [dict(method="update", label=_signed(b),
