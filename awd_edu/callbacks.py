@@ -21,7 +21,7 @@ class Callback:
         if handler is not None:
             handler(event)
 
-
+# %% ../nbs/08c_callbacks.ipynb #54a3cf8e
 class StepTrace:
     "Window length and learning rate per step, thinned to at most `max_points` (every 2nd, 4th, ... step is kept)."
     def __init__(self, max_points: int = 2000):  # most points kept

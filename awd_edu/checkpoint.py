@@ -22,6 +22,25 @@ __all__ = ['METRICS_FILE', 'CheckpointError', 'vocab_fingerprint', 'weights_meta
 class CheckpointError(ValueError):
     "A checkpoint or weights file that cannot be used: damaged, from another vocabulary or model size, or not ours."
 
+# %% ../nbs/08b_checkpoint.ipynb #7a3565a0
+def _read_state(path: Path) -> dict:
+    "The state dict saved in `path`, or a CheckpointError naming the file."
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, OSError or pickle errors for a damaged file
+        raise CheckpointError(f"{path} is damaged ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    "An error as `Type: first line of its message`, for one-line reports."
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    line = lines[0] if len(lines[0]) <= 120 else lines[0][:120].rsplit(" ", 1)[0] + " ..."   # whole words only
+    return f"{type(e).__name__}: {line}"
+
 # %% ../nbs/08b_checkpoint.ipynb #d259dbc5
 def vocab_fingerprint(vocab) -> str:
     "A short SHA-256 of the vocabulary's words in id order: two runs can share weights only if these agree."
@@ -167,25 +186,6 @@ def save_checkpoint(run_dir,  # the run's folder
         if f.name.split(".")[0] not in keep:
             f.unlink(missing_ok=True)
     return pointer
-
-
-def _read_state(path: Path) -> dict:
-    "The state dict saved in `path`, or a CheckpointError naming the file."
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing") from None
-    except Exception as e:  # torch raises RuntimeError, EOFError, OSError or pickle errors for a damaged file
-        raise CheckpointError(f"{path} is damaged ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    "An error as `Type: first line of its message`, for one-line reports."
-    lines = str(e).strip().splitlines()
-    if not lines:
-        return type(e).__name__
-    line = lines[0] if len(lines[0]) <= 120 else lines[0][:120].rsplit(" ", 1)[0] + " ..."   # whole words only
-    return f"{type(e).__name__}: {line}"
 
 # %% ../nbs/08b_checkpoint.ipynb #5f83a043
 def load_checkpoint(run_dir,  # the run's folder

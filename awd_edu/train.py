@@ -208,40 +208,7 @@ def _apply_trigger(self, e: int, val_loss: float) -> tuple:
         self.trigger = NonMonotonicTrigger(self.config.nonmono)   # saved in the checkpoint: a resume is exact
     return fired, switched
 
-# %% ../nbs/08d_train.ipynb #c749a4d4
-@patch_method(Trainer)
-def run_epoch(self) -> dict:
-    "Train one epoch, validate (averaged weights under ASGD), keep the best, apply the trigger, log, checkpoint."
-    e = self.epoch + 1
-    if self.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(self.device)
-    t0 = time.perf_counter()
-    stats = self._train_one_epoch(e)
-    train_seconds = time.perf_counter() - t0
-    optimizer_name = self.optimizer_name                      # before a switch: what this epoch trained with
-    val_loss, improved = self._validate(e)
-    fired, switched = self._apply_trigger(e, val_loss)
-    self.epoch = e
-    metrics = dict(stage=self.stage, epoch=e, train_loss=stats["train_loss"], train_ppl=perplexity(stats["train_loss"]),
-                   valid_loss=val_loss, valid_ppl=perplexity(val_loss), lr=self.optimizer.param_groups[0]["lr"],
-                   optimizer=optimizer_name, switched=switched, best=improved, stop=False,
-                   mean_seq_len=stats["mean_seq_len"], n_batches=stats["n_batches"],
-                   seconds=time.perf_counter() - t0, tokens_per_s=stats["tokens"] / train_seconds,
-                   peak_mem_mb=_peak_memory_mb(self.device))
-    self.history.append(metrics)
-    metrics["stop"] = (self.stage == "finetune" and fired) or self._stalled()   # a rule ended the stage
-    self.finished = self._stage_done()
-    if self.group.is_main:
-        append_metrics(self.run_dir, metrics)
-    self.save_checkpoint()
-    if self.stage == "finetune" and self.group.is_main:   # best.safetensors moves only now, after the checkpoint
-        publish_best(self.run_dir, self.epoch)
-    if switched:
-        self._emit("switch", epoch=e)
-    self._emit("epoch", **metrics)
-    return metrics
-
-
+# %% ../nbs/08d_train.ipynb #b88878a8
 @patch_method(Trainer)
 def _stalled(self) -> bool:
     "With `patience` > 0: has training's validation gone `patience` epochs without a new best?"
@@ -267,57 +234,6 @@ def _peak_memory_mb(device: torch.device):
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
-
-# %% ../nbs/08d_train.ipynb #9eefb11d
-@patch_method(Trainer)
-def fit(self) -> list:
-    "Train until `config.epochs` (SGD, then ASGD when the trigger fires); returns this stage's metrics."
-    if self.stage != "train":
-        raise ValueError("fit: this trainer is fine-tuning; use finetune() to continue it")
-    return self._run_stage()
-
-
-@patch_method(Trainer)
-def finetune(self, allow_unfinished: bool = False,  # fine-tune although training stopped before `epochs`
-            ) -> list:
-    "From the best weights: fresh ASGD, windows capped at bptt+10, until the non-monotonic rule fires; keeps the best."
-    cfg = self.config
-    if self.stage != "finetune":   # a new fine-tuning stage (a resumed one continues below)
-        if cfg.finetune_epochs == 0:
-            raise ValueError("finetune_epochs is 0 in this run's config: fine-tuning is switched off")
-        if not self.finished and not allow_unfinished:
-            raise ValueError(f"training stopped after epoch {self.epoch} of {cfg.epochs}; fine-tuning starts from the "
-                             f"best weights of a finished training stage. Finish it first (`awd-edu resume "
-                             f"{self.run_dir}`), or fine-tune now anyway with --allow-unfinished (allow_unfinished=True)")
-        best = self.run_dir / "best.safetensors"
-        load_weights(self.model, best, expect=self.expect)
-        if self.group.is_main:   # training's best is kept; a killed attempt's fine-tuned weights are dropped
-            keep_training_best(self.run_dir)
-        self._seed(cfg.seed + 1)
-        self.stage, self.epoch, self.finished = "finetune", 0, False
-        self.optimizer, self.trigger = self._asgd(), NonMonotonicTrigger(cfg.nonmono)
-        self.best_val_loss = self.evaluate_split("valid")   # what fine-tuning has to beat
-    return self._run_stage()
-
-
-@patch_method(Trainer)
-def _run_stage(self) -> list:
-    "Run epochs of the current stage until it is finished, telling the subscribers; returns the stage's metrics."
-    if self.config_changed and self.group.is_main:   # a resume's new limits: written now that a stage runs
-        self.config.save(self.run_dir / "config.json")
-    self.config_changed = False
-    self._emit("start", epoch=self.epoch, step=self.global_step, history=list(self.history),
-               n_params=count_parameters(self.model), device=str(self.device), run_dir=str(self.run_dir))
-    error = None
-    try:
-        while not self.finished:
-            self.run_epoch()
-    except BaseException as e:
-        error = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        self._emit("end", epoch=self.epoch, step=self.global_step, history=list(self.history), error=error)
-    return [m for m in self.history if m["stage"] == self.stage]
 
 # %% ../nbs/08d_train.ipynb #7f20aa15
 @patch_method(Trainer)
@@ -380,6 +296,109 @@ def load_checkpoint(self, stage: str | None = None,  # default: fine-tuning if i
 def _has_stage(run_dir, stage: str) -> bool:
     return ckpt.pointer_path(run_dir, stage).is_file()
 
+# %% ../nbs/08d_train.ipynb #c749a4d4
+@patch_method(Trainer)
+def run_epoch(self) -> dict:
+    "Train one epoch, validate (averaged weights under ASGD), keep the best, apply the trigger, log, checkpoint."
+    e = self.epoch + 1
+    if self.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(self.device)
+    t0 = time.perf_counter()
+    stats = self._train_one_epoch(e)
+    train_seconds = time.perf_counter() - t0
+    optimizer_name = self.optimizer_name                      # before a switch: what this epoch trained with
+    val_loss, improved = self._validate(e)
+    fired, switched = self._apply_trigger(e, val_loss)
+    self.epoch = e
+    metrics = dict(stage=self.stage, epoch=e, train_loss=stats["train_loss"], train_ppl=perplexity(stats["train_loss"]),
+                   valid_loss=val_loss, valid_ppl=perplexity(val_loss), lr=self.optimizer.param_groups[0]["lr"],
+                   optimizer=optimizer_name, switched=switched, best=improved, stop=False,
+                   mean_seq_len=stats["mean_seq_len"], n_batches=stats["n_batches"],
+                   seconds=time.perf_counter() - t0, tokens_per_s=stats["tokens"] / train_seconds,
+                   peak_mem_mb=_peak_memory_mb(self.device))
+    self.history.append(metrics)
+    metrics["stop"] = (self.stage == "finetune" and fired) or self._stalled()   # a rule ended the stage
+    self.finished = self._stage_done()
+    if self.group.is_main:
+        append_metrics(self.run_dir, metrics)
+    self.save_checkpoint()
+    if self.stage == "finetune" and self.group.is_main:   # best.safetensors moves only now, after the checkpoint
+        publish_best(self.run_dir, self.epoch)
+    if switched:
+        self._emit("switch", epoch=e)
+    self._emit("epoch", **metrics)
+    return metrics
+
+# %% ../nbs/08d_train.ipynb #9eefb11d
+@patch_method(Trainer)
+def fit(self) -> list:
+    "Train until `config.epochs` (SGD, then ASGD when the trigger fires); returns this stage's metrics."
+    if self.stage != "train":
+        raise ValueError("fit: this trainer is fine-tuning; use finetune() to continue it")
+    return self._run_stage()
+
+
+@patch_method(Trainer)
+def _run_stage(self) -> list:
+    "Run epochs of the current stage until it is finished, telling the subscribers; returns the stage's metrics."
+    if self.config_changed and self.group.is_main:   # a resume's new limits: written now that a stage runs
+        self.config.save(self.run_dir / "config.json")
+    self.config_changed = False
+    self._emit("start", epoch=self.epoch, step=self.global_step, history=list(self.history),
+               n_params=count_parameters(self.model), device=str(self.device), run_dir=str(self.run_dir))
+    error = None
+    try:
+        while not self.finished:
+            self.run_epoch()
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        self._emit("end", epoch=self.epoch, step=self.global_step, history=list(self.history), error=error)
+    return [m for m in self.history if m["stage"] == self.stage]
+
+# %% ../nbs/08d_train.ipynb #539897cb
+@patch_method(Trainer)
+def test(self) -> dict:
+    "Valid (batch `eval_batch_size`) and test (batch `test_batch_size`) loss and perplexity of `best.safetensors`."
+    _, _, model = load_best(self.run_dir, str(self.device), self.corpus)
+    meta = read_metadata(self.run_dir / "best.safetensors")
+    valid, test = (shared_mean(lambda d: evaluate(model, d, self.config.bptt), self.data[s], self.group) for s in ("valid", "test"))
+    result = dict(stage=meta.get("stage"), epoch=int(meta.get("epoch", 0)), valid_loss=valid,
+                  valid_ppl=perplexity(valid), test_loss=test, test_ppl=perplexity(test))
+    path = self.run_dir / "results.json"
+    try:
+        results = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        results = {}   # a damaged results file is rewritten whole below
+    results[self.stage] = result
+    if self.group.is_main:
+        atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+    return result
+
+# %% ../nbs/08d_train.ipynb #b7a4dc70
+@patch_method(Trainer)
+def finetune(self, allow_unfinished: bool = False,  # fine-tune although training stopped before `epochs`
+            ) -> list:
+    "From the best weights: fresh ASGD, windows capped at bptt+10, until the non-monotonic rule fires; keeps the best."
+    cfg = self.config
+    if self.stage != "finetune":   # a new fine-tuning stage (a resumed one continues below)
+        if cfg.finetune_epochs == 0:
+            raise ValueError("finetune_epochs is 0 in this run's config: fine-tuning is switched off")
+        if not self.finished and not allow_unfinished:
+            raise ValueError(f"training stopped after epoch {self.epoch} of {cfg.epochs}; fine-tuning starts from the "
+                             f"best weights of a finished training stage. Finish it first (`awd-edu resume "
+                             f"{self.run_dir}`), or fine-tune now anyway with --allow-unfinished (allow_unfinished=True)")
+        best = self.run_dir / "best.safetensors"
+        load_weights(self.model, best, expect=self.expect)
+        if self.group.is_main:   # training's best is kept; a killed attempt's fine-tuned weights are dropped
+            keep_training_best(self.run_dir)
+        self._seed(cfg.seed + 1)
+        self.stage, self.epoch, self.finished = "finetune", 0, False
+        self.optimizer, self.trigger = self._asgd(), NonMonotonicTrigger(cfg.nonmono)
+        self.best_val_loss = self.evaluate_split("valid")   # what fine-tuning has to beat
+    return self._run_stage()
+
 # %% ../nbs/08d_train.ipynb #c53c1a61
 @patch_method(Trainer)
 @classmethod
@@ -418,22 +437,3 @@ def _resume(cls, run_dir, corpus, callbacks, progress, from_previous, group, cha
                          f"already run; ask for at least {trainer.epoch}")
     trainer.config_changed = bool(changes)   # config.json is rewritten only when a stage runs with them
     return trainer
-
-# %% ../nbs/08d_train.ipynb #539897cb
-@patch_method(Trainer)
-def test(self) -> dict:
-    "Valid (batch `eval_batch_size`) and test (batch `test_batch_size`) loss and perplexity of `best.safetensors`."
-    _, _, model = load_best(self.run_dir, str(self.device), self.corpus)
-    meta = read_metadata(self.run_dir / "best.safetensors")
-    valid, test = (shared_mean(lambda d: evaluate(model, d, self.config.bptt), self.data[s], self.group) for s in ("valid", "test"))
-    result = dict(stage=meta.get("stage"), epoch=int(meta.get("epoch", 0)), valid_loss=valid,
-                  valid_ppl=perplexity(valid), test_loss=test, test_ppl=perplexity(test))
-    path = self.run_dir / "results.json"
-    try:
-        results = json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        results = {}   # a damaged results file is rewritten whole below
-    results[self.stage] = result
-    if self.group.is_main:
-        atomic_write_text(path, json.dumps(results, indent=2) + "\n")
-    return result
