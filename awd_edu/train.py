@@ -408,7 +408,7 @@ def resume(cls, run_dir,  # a run directory made by `Trainer` or `awd-edu train`
            progress: bool = True,  # add a `ProgressBar`
            from_previous: bool = False,  # resume from the epoch before the latest checkpoint
            group: Group | None = None,  # the processes of a data-parallel run; None: `current_group()`
-           **changes,  # settings a resume may change: epochs, finetune_epochs, device, data_dir
+           **changes,  # settings a resume may change (`RESUMABLE`): epochs, finetune_epochs, patience, device, data_dir
           ) -> Trainer:
     "A trainer in the state of the last checkpoint of `run_dir`, ready to go on with `fit()` or `finetune()`."
     run_dir = check_run_dir(run_dir)
