@@ -182,7 +182,7 @@ def _check_field(name: str, value):
         raise bad("'auto', 'cpu', 'cuda' or 'cuda:N'")
     return value
 
-
+# %% ../nbs/08a_config.ipynb #8cc02969
 def _check_together(config: TrainConfig):
     "Refuse settings the model or the trainer would silently ignore."
     if config.n_layers == 1 and config.tie_weights and config.hidden_size != config.emb_size:
