@@ -17,7 +17,7 @@ from .dropout import LockedDropout
 
 # %% auto #0
 __all__ = ['Group', 'current_group', 'init_from_env', 'resolve_device', 'shard_columns', 'all_sum', 'broadcast', 'gather',
-           'barrier', 'check_same', 'wrap', 'shared_mean', 'share_masks']
+           'barrier', 'check_same', 'shared_mean', 'share_masks', 'wrap']
 
 # %% ../nbs/08g_distributed.ipynb #275a51a6
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def shard_columns(source: torch.Tensor,  # a batchified stream, (n_steps, B)
     k = B // W
     return source[:, group.rank * k:(group.rank + 1) * k]
 
-
+# %% ../nbs/08g_distributed.ipynb #4dc7a1a1
 def _device() -> torch.device:
     "Where collective tensors live: the GPU for NCCL, the CPU for gloo."
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -135,15 +135,6 @@ def check_same(value, group: Group, what: str):
                            f"with the same config and seed (torchrun passes the same command line to all)")
 
 # %% ../nbs/08g_distributed.ipynb #d8ebbfd0
-def wrap(model: torch.nn.Module, group: Group, device: torch.device) -> torch.nn.Module:
-    "The module the training steps call (`model`, in `DistributedDataParallel` for several processes), its masks shared (`share_masks`)."
-    share_masks(model, group)
-    if not group.parallel:
-        return model
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
-
-
 def shared_mean(score,  # `score(stream) -> float`: a mean per token over a batchified stream, e.g. `evaluate`
                 source: torch.Tensor,  # the whole batchified stream, (n_steps, B)
                 group: Group,  # the processes
@@ -158,7 +149,6 @@ def shared_mean(score,  # `score(stream) -> float`: a mean per token over a batc
         return total / count
     return broadcast(score(source) if group.is_main else None, group)   # e.g. the test at batch 1
 
-
 # %% ../nbs/08g_distributed.ipynb #ad57d7d3
 def share_masks(model: torch.nn.Module, group: Group) -> torch.nn.Module:
     "Make every `LockedDropout` of `model` draw its mask for the whole batch and keep this process's block of it."
@@ -167,3 +157,12 @@ def share_masks(model: torch.nn.Module, group: Group) -> torch.nn.Module:
             m.shard = (group.rank, group.world_size)   # (0, 1) for one process: the mask of its own batch
     return model
 
+
+# %% ../nbs/08g_distributed.ipynb #e099017a
+def wrap(model: torch.nn.Module, group: Group, device: torch.device) -> torch.nn.Module:
+    "The module the training steps call (`model`, in `DistributedDataParallel` for several processes), its masks shared (`share_masks`)."
+    share_masks(model, group)
+    if not group.parallel:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
