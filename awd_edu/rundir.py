@@ -90,7 +90,7 @@ class RunLock:
     def __exit__(self, *exc):
         self.release()
 
-
+# %% ../nbs/08h_rundir.ipynb #aa01b059
 def _lock_holder(inode: int) -> str:
     "`process PID (its command line)` holding an flock on the file with this inode (Linux's /proc/locks), or a plain phrase."
     try:
@@ -110,7 +110,6 @@ def _lock_holder(inode: int) -> str:
                 return f"process {pid}"
             return f"process {pid} ({' '.join(cmd.split())[:120]})"   # one line, however it was started
     return "another process"
-
 
 # %% ../nbs/08h_rundir.ipynb #3e4fe56d
 def hold_run_dir(run_dir, group: Group) -> RunLock | None:
@@ -263,7 +262,7 @@ def load_best(run_dir,  # a run directory
     load_weights(model, best, expect=weights_metadata(config, corpus.vocab))
     return config, corpus, model
 
-
+# %% ../nbs/08h_rundir.ipynb #bd6ae2f4
 def check_config_unchanged(config: TrainConfig, state: dict, run_dir):
     "Refuse a `config.json` edited by hand in a setting that a resume cannot honour."
     saved = state.get("config")
@@ -276,7 +275,7 @@ def check_config_unchanged(config: TrainConfig, state: dict, run_dir):
                          f"checkpoint, file): {changed}. A resume continues the same run: put those values back, or "
                          f"train a new run with them. A resume may change only {', '.join(RESUMABLE)}.")
 
-
+# %% ../nbs/08h_rundir.ipynb #258c1fc0
 def score_run(run_dir,  # a run directory
               split: str = "valid",  # "valid" or "test"
               batch_size: int | None = None,  # columns; None: the config's eval_batch_size (valid) or test_batch_size
@@ -304,4 +303,3 @@ def score_run(run_dir,  # a run directory
                          f"(each column needs at least 2); use at most {len(tokens) // 2:,}")
     loss = evaluate(model, batchify(tokens, bsz).to(device), config.bptt, progress=progress)
     return dict(result, batch_size=bsz, loss=loss, ppl=perplexity(loss))
-
