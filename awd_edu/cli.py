@@ -164,7 +164,7 @@ def _requested_config(args) -> tuple:
     config = ablation_config(TrainConfig.from_preset(name), getattr(args, "ablate", None) or "full")
     return config.with_overrides(list(args.set or [])).replace(**flags), name, reason
 
-
+# %% ../nbs/11_cli.ipynb #524c7c63
 def cmd_train(args) -> int:
     "Run `awd-edu train` (with `--show`: print the settings it would train with, and stop)."
     config, name, reason = _requested_config(args)
@@ -242,7 +242,7 @@ def _continuing(sub, name: str, func, help: str, description: str,
     _add_run_options(p)
     return p
 
-
+# %% ../nbs/11_cli.ipynb #91c9c67f
 def cmd_resume(args) -> int:
     "Run `awd-edu resume`: `Trainer.resume`, then the stage the run stopped in."
     run_dir = existing_run(args.run_dir)

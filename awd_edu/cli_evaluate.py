@@ -29,26 +29,6 @@ def _finite(value):
         return [_finite(v) for v in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
-
-def cmd_evaluate(args) -> int:
-    "Run `awd-edu evaluate` (`score_run`; with --dynamic, `score_dynamic`)."
-    dynamic = _dynamic_settings(args)   # flags that do not go together are refused before any work
-    args.split = args.split or ("test" if args.search else "valid")
-    if dynamic is not None:
-        return _evaluate_dynamic(args, dynamic)
-    cache = {k: getattr(args, k) for k in ("window", "theta", "lambdasm") if getattr(args, k) is not None}
-    result = score_run(existing_run(args.run_dir), args.split, args.batch_size, cache if args.cache else None,
-                       args.device, args.data_dir, progress=not args.quiet)
-    if args.json:
-        print(json.dumps(_finite(result), indent=2, allow_nan=False))
-    elif args.cache:
-        c = result["cache"]
-        print(f"{args.split} perplexity {result['ppl_without_cache']:.2f} without the cache, {result['ppl']:.2f} "
-              f"with it (window {c['window']}, theta {c['theta']}, lambdasm {c['lambdasm']}; batch 1)")
-    else:
-        print(f"{args.split} perplexity {result['ppl']:.2f} (batch {result['batch_size']}, {result['tokens']:,} tokens)")
-    return 0
-
 # %% ../nbs/11b_cli_evaluate.ipynb #8b8cb588
 def _dynamic_type(kind, position: int):
     "An argparse type for one of `check_dynamic_args`'s (eta, lam, eps, bptt), checked by the library's own rule."
@@ -81,7 +61,7 @@ def _dynamic_settings(args) -> dict | None:
         raise ValueError("--dynamic scores one stream at batch 1, without the cache: drop --cache and --batch-size")
     return {k: getattr(args, k) for k in list(_DYNAMIC_FLAGS.values())[:5] if getattr(args, k) is not None}
 
-
+# %% ../nbs/11b_cli_evaluate.ipynb #e5baeca9
 def _evaluate_dynamic(args, settings: dict) -> int:
     "`evaluate --dynamic`: static and dynamic perplexity of the run's best weights on --split (`score_dynamic`)."
     config, corpus, model = train.load_best(existing_run(args.run_dir), args.device, data_dir=args.data_dir)
@@ -94,6 +74,26 @@ def _evaluate_dynamic(args, settings: dict) -> int:
     print(f"{args.split} perplexity {r['static_ppl']:.2f} static, {r['ppl']:.2f} dynamic (eta {r['eta']:g}, lambda "
           f"{r['lam']:g}{', chosen on valid' if args.search else ''}; eps {r['eps']:g}, segments of {r['bptt']}; "
           f"batch 1, {r['tokens']:,} tokens)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    "Run `awd-edu evaluate` (`score_run`; with --dynamic, `score_dynamic`)."
+    dynamic = _dynamic_settings(args)   # flags that do not go together are refused before any work
+    args.split = args.split or ("test" if args.search else "valid")
+    if dynamic is not None:
+        return _evaluate_dynamic(args, dynamic)
+    cache = {k: getattr(args, k) for k in ("window", "theta", "lambdasm") if getattr(args, k) is not None}
+    result = score_run(existing_run(args.run_dir), args.split, args.batch_size, cache if args.cache else None,
+                       args.device, args.data_dir, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(_finite(result), indent=2, allow_nan=False))
+    elif args.cache:
+        c = result["cache"]
+        print(f"{args.split} perplexity {result['ppl_without_cache']:.2f} without the cache, {result['ppl']:.2f} "
+              f"with it (window {c['window']}, theta {c['theta']}, lambdasm {c['lambdasm']}; batch 1)")
+    else:
+        print(f"{args.split} perplexity {result['ppl']:.2f} (batch {result['batch_size']}, {result['tokens']:,} tokens)")
     return 0
 
 # %% ../nbs/11b_cli_evaluate.ipynb #d7564b4a
@@ -147,7 +147,7 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--prompt", default="", help="words to start from, in PTB's tokens (lower-case, N for numbers)")
     _add_machine_options(p, "auto")
 
-
+# %% ../nbs/11b_cli_evaluate.ipynb #d06f6e45
 def cmd_report(args) -> int:
     "Run `awd-edu report`: (re)write a run's HTML report from its metrics.jsonl (a reader: no lock needed)."
     run_dir = existing_run(args.run_dir)

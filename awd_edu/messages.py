@@ -208,7 +208,7 @@ def output_closed(command: str, run_dir=None) -> int:
               f"checkpointed, `awd-edu resume {run_dir}` goes on from the last one", file=sys.stderr)
     return 141
 
-
+# %% ../nbs/11a_messages.ipynb #6f7b486e
 def handle(error: BaseException,  # what a command raised
            command: str,  # the subcommand
            run_dir=None,  # the run directory it works on
