@@ -50,6 +50,13 @@ def resolve_device(name: str) -> torch.device:
         raise SystemExit(f"--device {name}: {e}") from None
 
 
+def begin(args) -> tuple:
+    "What every benchmark does first: torch's threads from `--threads`, the device from `--device`, and the load average before it runs, as `(device, load_before)`."
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device), load_average()
+
+
 def device_info(device: torch.device) -> dict:
     "Name and facts of `device`: the GPU's name or the CPU model with its core and thread counts."
     info = dict(device=device.type, cpu_name=cpu_name(), cpu_count=os.cpu_count(),

@@ -78,10 +78,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
-    load_before = common.load_average()
+    device, load_before = common.begin(args)
     preset = "tiny" if args.tiny else args.preset
     config = TrainConfig.from_preset(preset, device=str(device)).with_overrides(args.set)
     corpus = load_ptb(config.data_dir)

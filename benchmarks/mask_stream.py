@@ -62,10 +62,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
-    load_before = common.load_average()
+    device, load_before = common.begin(args)
     config = TrainConfig.from_preset(args.preset)
     shape = dict(TINY) if args.tiny else preset_shape(config)
     shape.update({k: v for k, v in (("batch", args.batch), ("bptt", args.bptt)) if v is not None})

@@ -54,10 +54,7 @@ def main(argv=None) -> dict:
     minutes = args.minutes if args.minutes is not None else 0.1 if args.tiny else 10.0
     if minutes <= 0:
         raise SystemExit(f"--minutes must be > 0, got {minutes}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
-    load_before = common.load_average()
+    device, load_before = common.begin(args)
     preset = "tiny" if args.tiny else args.preset
     budget = 60.0 * minutes
     config = TrainConfig.from_preset(preset, device=str(device)).with_overrides(args.set)

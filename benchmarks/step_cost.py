@@ -159,10 +159,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
-    load_before = common.load_average()
+    device, load_before = common.begin(args)
     config = TrainConfig.from_preset(args.preset)
     base = TINY if args.tiny else preset_shape(config)
     shape = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
