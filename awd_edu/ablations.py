@@ -115,7 +115,7 @@ def ablation_config(base: TrainConfig,  # the config to take a piece out of: `st
 # %% ../nbs/08f_ablations.ipynb #7068e917
 REGIME = dict(emb_size=64, hidden_size=256, n_layers=2, batch_size=20, bptt=35, eval_batch_size=10,
              test_batch_size=10, max_train_tokens=100_000, max_eval_tokens=None, epochs=30, patience=6,
-             finetune_epochs=5, nonmono=3)  # every regulariser, lr, clip and the optimiser: the paper's PTB command
+             finetune_epochs=5, nonmono=1)  # every regulariser, lr, clip and the optimiser: the paper's PTB command
 
 
 def study_config(**overrides) -> TrainConfig:
