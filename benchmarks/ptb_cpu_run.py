@@ -63,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--baseline-command", action="append",
                    help="a command that made the baseline, in order (repeat it; default: the train command its config "
                         "gives)")
+    p.add_argument("--earlier", help="an earlier record of this preset (another trigger window, say) to keep beside the "
+                        "new one, in short: its settings, curve, wall time and results (default: the record's own)")
+    p.add_argument("--earlier-commit", help="the commit whose tree holds the earlier record's weights file")
     p.add_argument("--out", default=str(common.RESULTS / PRETRAINED[NAME]), help="the record (JSON)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--rescore", action="store_true",
@@ -155,6 +158,18 @@ def baseline_part(run: Path, commit, commands=None) -> dict:
                 rise_above_best_pct=100 * (valid[-1] / best - 1), test_ppl=results.get("train", {}).get("test_ppl"))
 
 
+def earlier_part(record: dict, commit=None) -> dict:
+    "An earlier record of the preset, in short: what it was run with, its curve, switch, wall time and results."
+    keep = ("run_git_commit", "run_command", "config", "n_params", "wall_hours", "epoch_seconds_median", "epochs",
+            "switched_at", "averaged_epochs", "finetune_epochs", "valid_ppl", "test_ppl", "test_ppl_cache",
+            "cache_settings")
+    missing = [k for k in keep if k not in record]
+    if missing:
+        raise ValueError(f"--earlier: the record lacks {', '.join(missing)}; give a record written by this script")
+    weights = dict(record["weights"], in_commit=commit) if commit else None   # the file is replaced; git keeps it
+    return dict({k: record[k] for k in keep}, weights=weights)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -171,6 +186,8 @@ def main(argv=None) -> int:
     switched = [m["epoch"] for m in metrics if m["stage"] == "train" and m["switched"]]
     baseline = (baseline_part(Path(args.baseline), args.baseline_commit, args.baseline_command) if args.baseline
                 else old.get("baseline"))
+    earlier = (earlier_part(json.loads(Path(args.earlier).read_text()), args.earlier_commit) if args.earlier
+               else old.get("earlier"))
     rec = common.record(NAME, __file__, torch.device("cpu"), scored["config"],
                         dict(scored["results"], anchors=ANCHORS),
                         summary=(f"valid {scored['valid_ppl']:.2f} / test {scored['test_ppl']:.2f}, "
@@ -185,7 +202,7 @@ def main(argv=None) -> int:
                averaged_epochs=sum(m["stage"] == "train" and m["optimizer"] == "asgd" for m in metrics),
                finetune_epochs=sum(m["stage"] == "finetune" for m in metrics),
                **{k: scored[k] for k in ("valid_ppl", "test_ppl", "test_ppl_cache", "cache_settings", "samples",
-                                         "weights")}, baseline=baseline)
+                                         "weights")}, baseline=baseline, **({"earlier": earlier} if earlier else {}))
     common.write_record(rec, out)
     print(f"{out}: valid {rec['valid_ppl']:.2f}, test {rec['test_ppl']:.2f}, test with the cache "
           f"{rec['test_ppl_cache']:.2f} ({rec['cache_settings']}); half-precision test "

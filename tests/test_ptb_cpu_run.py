@@ -68,7 +68,8 @@ def test_the_record_holds_the_run_its_cache_choice_and_its_weights(runs, ptb_cor
     capsys.readouterr()
     ptb_cpu_run.main(["--run", str(folder / "run"), "--baseline", str(folder / "base"), "--out", str(out),
                       "--threads", "1", "--baseline-command", "first", "--baseline-command", "then",
-                      "--run-command", "train it", "--run-command", "fine-tune it", "--rebuild-command", "in one go"])
+                      "--run-command", "train it", "--run-command", "fine-tune it", "--rebuild-command", "in one go",
+                      "--earlier", str(out), "--earlier-commit", "abc1234"])   # the record as it was, kept in short
     assert "reused" in capsys.readouterr().out
     rec2 = json.loads(out.read_text())
     assert rec2["test_ppl"] == rec["test_ppl"] and rec2["wall_hours"] == rec["wall_hours"]
@@ -81,6 +82,9 @@ def test_the_record_holds_the_run_its_cache_choice_and_its_weights(runs, ptb_cor
     assert b["best_at"] == valid_ppl.index(min(valid_ppl)) + 1 and len(b["epochs"]) == len(base.history)
     assert math.isclose(b["rise_above_best_pct"], 100 * (valid_ppl[-1] / min(valid_ppl) - 1))
     assert b["wall_hours"] == pytest.approx(sum(m["seconds"] for m in base.history) / 3600, abs=6e-4)
+    assert rec2["earlier"]["epochs"] == rec["epochs"] and rec2["earlier"]["weights"]["in_commit"] == "abc1234"
+    ptb_cpu_run.main(["--run", str(folder / "run"), "--out", str(out), "--threads", "1"])
+    assert json.loads(out.read_text())["earlier"] == rec2["earlier"]          # kept when recorded again
 
 
 def test_scoring_again_keeps_a_weights_file_whose_tensors_are_the_same(tmp_path):
@@ -99,3 +103,16 @@ def test_scoring_again_keeps_a_weights_file_whose_tensors_are_the_same(tmp_path)
     changed = ptb_cpu_run.keep_or_replace(weights, write({"a": t["a"] + 1}, {"x": "1", "y": "2"}))
     assert changed != first and changed == sha256_file(weights)
     assert ptb_cpu_run.keep_or_replace(weights, write({"a": t["a"] + 1}, {"x": "1", "y": "3"})) != changed  # metadata
+
+
+def test_an_earlier_record_is_kept_in_short_and_a_wrong_file_is_refused():
+    "`--earlier`: an earlier run of the preset (another trigger window) kept beside the new one, its weights pointed at in git."
+    record = json.loads((ROOT / "benchmarks" / "results" / "ptb-cpu-run.json").read_text())
+    short = ptb_cpu_run.earlier_part(record, "abc1234")
+    assert short["epochs"] == record["epochs"] and short["test_ppl"] == record["test_ppl"]
+    assert short["config"]["nonmono"] == record["config"]["nonmono"] and short["wall_hours"] == record["wall_hours"]
+    assert short["weights"]["sha256"] == record["weights"]["sha256"] and short["weights"]["in_commit"] == "abc1234"
+    assert "baseline" not in short and "samples" not in short              # in short: the run, not its whole record
+    assert ptb_cpu_run.earlier_part(record)["weights"] is None             # no commit: no pointer to a file
+    with pytest.raises(ValueError, match="lacks switched_at.*written by this script"):
+        ptb_cpu_run.earlier_part({k: v for k, v in record.items() if k != "switched_at"})
