@@ -321,7 +321,7 @@ def cmd_ablations(args) -> int:
 PRESET_COSTS = {   # measured on this project's 2-core CPU (AMD EPYC, 2 threads), and where each figure is recorded
     "ptb": "about 19 min an epoch on 2 CPU cores, so a GPU job (benchmarks/results/epoch_time-cpu.json)",
     "ptb-small": "about 9 min for its 4 epochs on 2 CPU cores (benchmarks/results/ppl_budget-cpu.json)",
-    "ptb-cpu": "3.8 h of epochs on 2 CPU cores, median 228 s an epoch: test ppl 77.1 (benchmarks/results/ptb-cpu-run.json)",
+    "ptb-cpu": "2.3 h of epochs on 2 CPU cores in one sitting, median 218 s an epoch: test ppl 80.4 (benchmarks/results/ptb-cpu-run.json)",
     "tiny": "seconds",
 }
 

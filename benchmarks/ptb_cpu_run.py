@@ -194,7 +194,8 @@ def main(argv=None) -> int:
                                  f"{scored['test_ppl_cache']:.2f} with the cache"), tiny=False, argv=argv)
     run_command = args.run_command or old.get("run_command") or [
         "awd-edu train --preset ptb-cpu --device cpu --run-dir runs/ptb-cpu", "awd-edu finetune runs/ptb-cpu"]
-    rec.update(run_command=run_command, rebuild_command=args.rebuild_command or old.get("rebuild_command") or run_command,
+    rebuild = args.rebuild_command or (None if args.run_command else old.get("rebuild_command")) or run_command
+    rec.update(run_command=run_command, rebuild_command=rebuild,   # new run commands: the old rebuild is not theirs
                run_git_commit=args.run_commit or old.get("run_git_commit") or rec["git_commit"],
                n_params=scored["n_params"], wall_hours=wall_hours(metrics), wall_hours_means=WALL_HOURS,
                epoch_seconds_median=round(statistics.median(m["seconds"] for m in metrics), 1),

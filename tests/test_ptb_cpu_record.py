@@ -41,6 +41,26 @@ def test_the_trigger_fired_by_the_rule_then_averaging_and_fine_tuning_ran(record
     assert sum(m["stage"] == "finetune" for m in record["epochs"]) >= 1
 
 
+def test_one_sitting_within_three_hours_with_the_preset_as_committed(record):
+    "The record is a run of the `ptb-cpu` preset as it stands (only the device and where the data lies differ), in at most 3 hours of epochs."
+    from awd_edu.config import TrainConfig
+    assert record["wall_hours"] <= 3
+    preset = TrainConfig.from_preset("ptb-cpu").to_dict()
+    assert {k for k, v in record["config"].items() if preset[k] != v} <= {"device", "data_dir"}
+
+
+def test_the_earlier_run_differs_only_in_its_window_and_agrees_until_the_first_trigger(record):
+    "The preset's first run (window 3, kept in short): same settings but the window and the limit, same curve until the new run's trigger fired."
+    earlier = record["earlier"]
+    changed = {k for k, v in earlier["config"].items() if record["config"][k] != v}
+    assert changed <= {"nonmono", "epochs"} and earlier["config"]["nonmono"] != record["config"]["nonmono"]
+    s = record["switched_at"]
+    assert earlier["switched_at"] > s
+    same = [(a["valid_ppl"], b["valid_ppl"]) for a, b in zip(record["epochs"][:s], earlier["epochs"][:s])]
+    assert all(abs(a - b) <= 1e-3 * b for a, b in same)      # same seed, same code: the same epochs until the switch
+    assert earlier["wall_hours"] > record["wall_hours"]
+
+
 def test_the_model_is_good_for_its_size_and_the_baseline_overfits(record):
     assert record["n_params"] <= 4.6e6 and record["test_ppl"] < 114.5            # Zaremba et al.'s small LSTM
     assert record["test_ppl_cache"] < record["test_ppl"]

@@ -85,6 +85,8 @@ def test_the_record_holds_the_run_its_cache_choice_and_its_weights(runs, ptb_cor
     assert rec2["earlier"]["epochs"] == rec["epochs"] and rec2["earlier"]["weights"]["in_commit"] == "abc1234"
     ptb_cpu_run.main(["--run", str(folder / "run"), "--out", str(out), "--threads", "1"])
     assert json.loads(out.read_text())["earlier"] == rec2["earlier"]          # kept when recorded again
+    ptb_cpu_run.main(["--run", str(folder / "run"), "--out", str(out), "--threads", "1", "--run-command", "new"])
+    assert json.loads(out.read_text())["rebuild_command"] == ["new"]          # new run commands: not the old rebuild
 
 
 def test_scoring_again_keeps_a_weights_file_whose_tensors_are_the_same(tmp_path):
