@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from awd_edu.cache import cache_log_p, collect_outputs, mix_nll  # noqa: E402
-from awd_edu.checkpoint import load_weights, read_metadata, read_metrics, weights_metadata  # noqa: E402
+from awd_edu.checkpoint import METRICS_FILE, load_weights, read_metadata, read_metrics, weights_metadata  # noqa: E402
 from awd_edu.config import TrainConfig  # noqa: E402
 from awd_edu.data import batchify  # noqa: E402
 from awd_edu.files import sha256_file  # noqa: E402
@@ -170,8 +170,32 @@ def earlier_part(record: dict, commit=None) -> dict:
     return dict({k: record[k] for k in keep}, weights=weights)
 
 
+def read_earlier(path, commit=None) -> dict:
+    "`--earlier`'s record read and kept in short (`earlier_part`); a missing or unreadable file is refused."
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--earlier {path}: no such file. Give the earlier run's record as it was committed, e.g. "
+                                f"`git show <commit>:benchmarks/results/{NAME}-run.json > earlier.json`, and that "
+                                f"commit as --earlier-commit")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"--earlier {path}: not a JSON record ({e}); give a record written by this script") from None
+    return earlier_part(record, commit)
+
+
+def check_inputs(args) -> None:
+    "Every folder and file named on the command line is there, checked before the (long) scoring starts."
+    for option, folder in (("--run", args.run), ("--baseline", args.baseline)):
+        if folder and not read_metrics(folder):
+            raise FileNotFoundError(f"{option} {folder}: no {METRICS_FILE} there; give the folder a run was trained "
+                                    f"in (`awd-edu train ... --run-dir FOLDER`)")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_inputs(args)
+    earlier = read_earlier(args.earlier, args.earlier_commit) if args.earlier else None
     torch.set_num_threads(args.threads)
     run, out = Path(args.run), Path(args.out)
     metrics = read_metrics(run)
@@ -186,8 +210,7 @@ def main(argv=None) -> int:
     switched = [m["epoch"] for m in metrics if m["stage"] == "train" and m["switched"]]
     baseline = (baseline_part(Path(args.baseline), args.baseline_commit, args.baseline_command) if args.baseline
                 else old.get("baseline"))
-    earlier = (earlier_part(json.loads(Path(args.earlier).read_text()), args.earlier_commit) if args.earlier
-               else old.get("earlier"))
+    earlier = earlier or old.get("earlier")
     rec = common.record(NAME, __file__, torch.device("cpu"), scored["config"],
                         dict(scored["results"], anchors=ANCHORS),
                         summary=(f"valid {scored['valid_ppl']:.2f} / test {scored['test_ppl']:.2f}, "

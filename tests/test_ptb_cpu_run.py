@@ -118,3 +118,22 @@ def test_an_earlier_record_is_kept_in_short_and_a_wrong_file_is_refused():
     assert ptb_cpu_run.earlier_part(record)["weights"] is None             # no commit: no pointer to a file
     with pytest.raises(ValueError, match="lacks switched_at.*written by this script"):
         ptb_cpu_run.earlier_part({k: v for k, v in record.items() if k != "switched_at"})
+
+
+def test_a_missing_earlier_record_or_run_folder_is_refused_before_scoring(tmp_path, monkeypatch):
+    "A wrong --earlier, --run or --baseline is named with its fix before the long scoring starts (which must not run)."
+    monkeypatch.setattr(ptb_cpu_run, "score_run", lambda *a: pytest.fail("scoring started despite a bad input"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps(dict(stage="train", epoch=1, valid_ppl=100.0)) + "\n")
+    out = str(tmp_path / "rec.json")
+    with pytest.raises(FileNotFoundError, match=r"--earlier .*nope\.json: no such file.*git show <commit>:"):
+        ptb_cpu_run.main(["--run", str(run), "--out", out, "--earlier", str(tmp_path / "nope.json")])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"--earlier .*bad\.json: not a JSON record"):
+        ptb_cpu_run.main(["--run", str(run), "--out", out, "--earlier", str(tmp_path / "bad.json")])
+    with pytest.raises(FileNotFoundError, match=r"--run .*empty: no metrics\.jsonl there.*--run-dir"):
+        ptb_cpu_run.main(["--run", str(tmp_path / "empty"), "--out", out])
+    with pytest.raises(FileNotFoundError, match=r"--baseline .*base: no metrics\.jsonl"):
+        ptb_cpu_run.main(["--run", str(run), "--baseline", str(tmp_path / "base"), "--out", out])
+    assert not (tmp_path / "rec.json").exists()
