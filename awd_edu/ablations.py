@@ -298,9 +298,14 @@ def describe_regime(study: dict) -> str:
     data = f"the first {b['max_train_tokens']:,} training tokens" if b["max_train_tokens"] else "all 929,589 training tokens"
     evals = (f"the first {b['max_eval_tokens']:,} tokens of validation and test" if b["max_eval_tokens"]
              else "the full validation and test splits")
+    keys, paper = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"), TrainConfig()
+    drops = "/".join(f"{b[k]:g}" for k in keys)
+    drops = ("the paper's dropouts" if all(b[k] == getattr(paper, k) for k in keys) else
+             f"dropouts {drops} (output/between layers/input/embedding/weight drop; the paper's "
+             f"{'/'.join(f'{getattr(paper, k):g}' for k in keys)})")
     return (f"regime `{b['preset']}`: embedding {b['emb_size']}, hidden {b['hidden_size']}, {b['n_layers']} layers"
-            f"{f' ({n / 1e6:.2f}M parameters)' if n else ''}, {data} of PTB, {b['epochs']} epochs + at most "
-            f"{b['finetune_epochs']} of fine-tuning, evaluated on {evals}; {len(seeds)} seeds ({', '.join(map(str, seeds))})")
+            f"{f' ({n / 1e6:.2f}M parameters)' if n else ''}, {drops}, {data} of PTB, {b['epochs']} epochs + at most "
+            f"{b['finetune_epochs']} of fine-tuning, evaluated on {evals}; {len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))})")
 
 
 def _ci(p: dict) -> str:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import awd_edu.model as M
 from awd_edu.ablations import (
     ABLATIONS, MINI, NO_NTASGD_LR_DROP, PAPER_TABLE, REGIME, T_95, Ablation, ablation_config,
-    convergence, get_ablation, list_ablations, load_study, mean_interval, measured_table, mini_config, overfitting,
+    convergence, describe_regime, get_ablation, list_ablations, load_study, mean_interval, measured_table, mini_config, overfitting,
     paired, regime_checks, spread, study_config, summarise, t_critical, verdict, worth)
 from awd_edu.viz.ablations import what_the_record_says
 from awd_edu.config import TrainConfig
@@ -642,3 +642,13 @@ def test_the_recorded_study_is_complete_and_its_summary_is_its_runs():
     assert_same(rec["results"]["checks"], checks_from_the_runs(runs), "checks")
     if rec["results"].get("upgraded_from") != 1:     # a study of today's regime (format 2 on): every variant, 4 seeds
         assert variants == set(ABLATIONS) and len(seeds) >= 4
+
+
+def test_the_regime_line_names_dropouts_that_differ_from_the_papers():
+    "A chapter quoting the study says when its dropouts are not the paper's, and which they are."
+    study = dict(config=dict(base=study_config().to_dict(), seeds=[1]), results=dict(runs=[]))
+    line = describe_regime(study)
+    assert "dropouts 0.1/0.06/0.1/0.1/0.5" in line and "the paper's 0.4/0.25/0.4/0.1/0.5" in line and "1 seed (1)" in line
+    study["config"]["base"] = dict(study_config().to_dict(), dropout=0.4, dropouth=0.25, dropouti=0.4)
+    study["config"]["seeds"] = [1, 2]
+    assert "the paper's dropouts" in describe_regime(study) and "2 seeds (1, 2)" in describe_regime(study)
