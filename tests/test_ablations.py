@@ -642,6 +642,9 @@ def test_the_recorded_study_is_complete_and_its_summary_is_its_runs():
     assert_same(rec["results"]["checks"], checks_from_the_runs(runs), "checks")
     if rec["results"].get("upgraded_from") != 1:     # a study of today's regime (format 2 on): every variant, 4 seeds
         assert variants == set(ABLATIONS) and len(seeds) >= 4
+        base, regime = rec["config"]["base"], study_config().to_dict()
+        differ = {k: (base[k], regime[k]) for k in regime if base[k] != regime[k] and k not in ("device", "data_dir")}
+        assert not differ, f"the record was measured in another regime than study_config(): {differ}"
 
 
 def test_the_regime_line_names_dropouts_that_differ_from_the_papers():
