@@ -24,6 +24,8 @@ def load_results(folder: Path = RESULTS) -> list:
     "Every recorded (non --tiny) result in `folder`, in table order."
     recs = []
     for path in sorted(Path(folder).glob("*.json")):
+        if path.name.endswith("-next.json"):   # a study still growing, sitting by sitting (benchmarks/README)
+            continue
         rec = json.loads(path.read_text())
         if rec.get("tiny"):
             continue

@@ -161,12 +161,13 @@ def test_update_readme_writes_the_table_and_check_sees_drift(tmp_path):
                results={}, summary="(a)/(b) = 1.05", tiny=False)
     (results / "step_cost-cpu.json").write_text(json.dumps(rec))
     (results / "step_cost-tinyrun.json").write_text(json.dumps(dict(rec, tiny=True, summary="TINY")))
+    (results / "ablations-cpu-next.json").write_text(json.dumps(dict(rec, name="ablations", summary="GROWING")))
     argv = ["--readme", str(readme), "--results", str(results)]
     assert update_readme.main(argv + ["--check"]) == 1  # "old" is not the table
     assert update_readme.main(argv) == 0
     text = readme.read_text()
     assert "(a)/(b) = 1.05" in text and "`python benchmarks/step_cost.py --device cpu`" in text
-    assert "TINY" not in text and "old" not in text and text.endswith("after\n")
+    assert "TINY" not in text and "GROWING" not in text and "old" not in text and text.endswith("after\n")
     assert update_readme.main(argv + ["--check"]) == 0
 
 
