@@ -299,8 +299,9 @@ def describe_regime(study: dict) -> str:
     evals = (f"the first {b['max_eval_tokens']:,} tokens of validation and test" if b["max_eval_tokens"]
              else "the full validation and test splits")
     keys, paper = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"), TrainConfig()
-    drops = "/".join(f"{b[k]:g}" for k in keys)
-    drops = ("the paper's dropouts" if all(b[k] == getattr(paper, k) for k in keys) else
+    given = {k: b.get(k, getattr(paper, k)) for k in keys}    # a setting the record leaves out ran the default
+    drops = "/".join(f"{given[k]:g}" for k in keys)
+    drops = ("the paper's dropouts" if all(given[k] == getattr(paper, k) for k in keys) else
              f"dropouts {drops} (output/between layers/input/embedding/weight drop; the paper's "
              f"{'/'.join(f'{getattr(paper, k):g}' for k in keys)})")
     return (f"regime `{b['preset']}`: embedding {b['emb_size']}, hidden {b['hidden_size']}, {b['n_layers']} layers"

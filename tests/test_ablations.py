@@ -655,3 +655,6 @@ def test_the_regime_line_names_dropouts_that_differ_from_the_papers():
     study["config"]["base"] = dict(study_config().to_dict(), dropout=0.4, dropouth=0.25, dropouti=0.4)
     study["config"]["seeds"] = [1, 2]
     assert "the paper's dropouts" in describe_regime(study) and "2 seeds (1, 2)" in describe_regime(study)
+    study["config"]["base"] = {k: v for k, v in study_config().to_dict().items() if k not in ("dropout", "dropoute")}
+    line = describe_regime(study)                # a record that leaves a setting out ran the default: 0.4 and 0.1
+    assert "dropouts 0.4/0.06/0.1/0.1/0.5" in line, line
