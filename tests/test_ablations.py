@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import awd_edu.model as M
 from awd_edu.ablations import (
-    ABLATIONS, MINI, NO_NTASGD_LR_DROP, PAPER_TABLE, REGIME, T_95, Ablation, ablation_config,
+    ABLATIONS, MINI, NO_NTASGD_LR_DROP, PAPER_TABLE, REGIME, T_95, ablation_config,
     convergence, describe_regime, get_ablation, list_ablations, load_study, mean_interval, measured_table, mini_config, overfitting,
     paired, regime_checks, spread, study_config, summarise, t_critical, verdict, worth)
 from awd_edu.viz.ablations import what_the_record_says

@@ -4,7 +4,6 @@ file or the setting and says what to do, without a traceback (unless --debug), a
 nothing on disk. Also: the CLI is a thin face over the package (it never reads checkpoints or writes config.json
 itself), and a run directory written before checkpoints stored their config still resumes."""
 import errno
-import hashlib
 import inspect
 import json
 import os
@@ -25,6 +24,7 @@ import awd_edu.loop as loop
 import awd_edu.messages as messages
 import awd_edu.rundir as R
 from awd_edu.cli import main
+from folder_checks import snapshot
 from awd_edu.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +47,6 @@ def run(trained, tmp_path):
     dest = tmp_path / "run"
     shutil.copytree(trained, dest)
     return dest
-
-
-def snapshot(folder) -> dict:
-    "SHA-256 of every file under `folder` (hidden ones too), by relative path."
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def latest_state(run_dir) -> Path:
@@ -344,7 +338,7 @@ def test_an_old_run_directory_still_resumes_and_finetunes(run, capsys):
     "Checkpoints written before this change: a state without `config` (format 1), a pointer without `previous`, and only the latest epoch kept."
     folder = ckpt.checkpoint_dir(run)
     pointer = json.loads((folder / "train-latest.json").read_text())
-    for f in folder.glob(f"train-e*"):
+    for f in folder.glob("train-e*"):
         if not f.name.startswith(pointer["tag"] + "."):
             f.unlink()
     state = torch.load(folder / f"{pointer['tag']}.state.pt", weights_only=True)

@@ -12,6 +12,7 @@ import torch
 from awd_edu.checkpoint import read_metrics
 from awd_edu.cli import main
 from awd_edu.config import TrainConfig
+from folder_checks import snapshot
 
 QUICK = ["--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800", "--quiet"]
 
@@ -32,10 +33,6 @@ def copy_of(trained, tmp_path):
     dest = tmp_path / "run"
     shutil.copytree(trained, dest)
     return dest
-
-
-def snapshot(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("command, words", [
@@ -212,11 +209,11 @@ def test_progress_bars_count_batches_with_tokens_per_second(tmp_path, capsys, pt
                  "--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800"]) == 0
     err = capsys.readouterr().err
     n = read_metrics(run)[0]["n_batches"]          # windows of the epoch, about 4000 / 10 / 20
-    assert f"train epoch 1: 100%" in err and f" {n}/{n} " in err and "batch/s" in err and "tok_s=" in err
+    assert "train epoch 1: 100%" in err and f" {n}/{n} " in err and "batch/s" in err and "tok_s=" in err
     assert main(["evaluate", str(run)]) == 0
     err = capsys.readouterr().err
     batches = math.ceil((800 // 10 - 1) / 20)        # valid: 800 tokens in 10 columns, windows of bptt 20
-    assert f"evaluate:   0%|" in err and f"0/{batches} " in err
+    assert "evaluate:   0%|" in err and f"0/{batches} " in err
     assert main(["evaluate", str(run), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
 

@@ -1,6 +1,5 @@
 """Chapter 03: the corpus, batching, checksums and the downloader (against real HTTP servers on 127.0.0.1)."""
 import io
-import os
 import shutil
 import socket
 import tarfile
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from awd_edu import data
 from awd_edu.data import (PTB_FILES, PTB_SHA256, ChecksumError, Corpus, DataNotFoundError, DownloadError, make_splits,
                           Vocab, batchify, download_ptb, get_batch, load_ptb, ptb_dir, verify_ptb)
 from awd_edu.files import sha256_file

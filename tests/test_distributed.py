@@ -187,7 +187,7 @@ def test_with_every_regulariser_on_the_processes_hold_identical_weights_and_resu
     two = launch(tmp_path, 2, tmp_path / "whole", tmp_path / "w", "new", 3)
     assert two[0]["digests"] == two[1]["digests"] and len(set(two[0]["digests"])) == 3
     assert losses(two[0]["history"]) == losses(two[1]["history"])
-    part = launch(tmp_path, 2, tmp_path / "split", tmp_path / "a", "new", 1)
+    launch(tmp_path, 2, tmp_path / "split", tmp_path / "a", "new", 1)          # epoch 1, then stop
     rest = launch(tmp_path, 2, tmp_path / "split", tmp_path / "b", "resume", 3)
     assert rest[0]["digests"] == rest[1]["digests"] == two[0]["digests"][1:]     # bit for bit, every process
     metrics = [json.loads(l) for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]

@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-import awd_edu.regularization
 from awd_edu.regularization import activation_reg, ar_tar_penalty, temporal_activation_reg
 from awd_edu.viz.regularization import toy_lm_data, train_toy_lm
 

@@ -1,7 +1,6 @@
 """The run directory (issue 21): one writer at a time, new runs only in new folders, fine-tuning that never loses
 training's best weights to a crash, a full disk as one message, paths stored resolved, --device checked everywhere,
 the core install training alone, and the catch-all keeping real bugs' tracebacks."""
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import awd_edu.messages as messages
 import awd_edu.train as T
 from awd_edu.cli import main
 from awd_edu.config import TrainConfig
+from folder_checks import snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800", "--quiet", "--no-report"]
@@ -41,12 +41,6 @@ def run(trained, tmp_path):
     dest = tmp_path / "run"
     shutil.copytree(trained, dest)
     return dest
-
-
-def snapshot(folder) -> dict:
-    "SHA-256 of every file under `folder` (hidden ones too), by relative path."
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def error_of(capsys, command) -> str:
@@ -435,6 +429,11 @@ def test_a_lost_torchrun_process_says_how_to_resume():
 
 
 # ---------------------------------------------------------------------------------- signals and a closed pipe
+def as_from_a_terminal():
+    "A shell starts a background job (`pytest &`) with Ctrl-C ignored, and its children inherit that: undo it."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def started(folder, timeout=300):
     t0 = time.monotonic()
     while not (folder / "checkpoints" / "train-latest.json").is_file() and time.monotonic() - t0 < timeout:
@@ -447,7 +446,8 @@ def test_ctrl_c_twice_or_sigterm_is_one_line_and_resumes(tmp_path, sig, status, 
     folder = tmp_path / "r"
     p = subprocess.Popen([sys.executable, "-m", "awd_edu", "train", "--run-dir", str(folder), "--epochs", "500",
                           "--preset", "tiny", "--set", "max_train_tokens=4000", "--set", "max_eval_tokens=800",
-                          "--quiet"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--quiet"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=as_from_a_terminal)
     started(folder)
     p.send_signal(sig)
     time.sleep(0.05)

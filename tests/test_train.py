@@ -1,6 +1,5 @@
 """Tests of awd_edu.train: the Trainer computes what the short loop computes, NT-ASGD and fine-tuning, checkpoints,
 resume (exact, from the previous checkpoint, refused for an edited config), divergence and the ablation switches."""
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -14,6 +13,7 @@ from awd_edu.loop import TrainingDiverged, evaluate, simple_fit, unigram_perplex
 from awd_edu.model import build_model
 from awd_edu.rundir import load_best
 from awd_edu.train import Trainer
+from folder_checks import snapshot
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for the module
@@ -30,11 +30,6 @@ def numbers(metrics):
     keys = ("stage", "epoch", "train_loss", "valid_loss", "lr", "optimizer", "switched", "best", "mean_seq_len",
             "n_batches")
     return [{k: m[k] for k in keys} for m in metrics]
-
-
-def checksums(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------- the tiny preset, trained once
@@ -96,9 +91,9 @@ def test_every_step_runs_at_lr_times_seq_len_over_bptt(tiny_run):
     cfg = trainer.config
     assert len(inputs) == len(lrs) > 100
     # what the optimizer really saw, against the window length the model really got (not the logged values)
-    assert lrs == pytest.approx([30.0 * n / 20 for n in inputs])
+    assert lrs == pytest.approx([cfg.lr * n / cfg.bptt for n in inputs])
     assert len(set(inputs)) > 5                                    # variable-length BPTT really varies
-    assert trainer.optimizer.param_groups[0]["lr"] == 30.0
+    assert trainer.optimizer.param_groups[0]["lr"] == cfg.lr == 30.0
     assert [e["seq_len"] for e in events if e["event"] == "batch"] == inputs
 
 
@@ -250,10 +245,10 @@ def test_finetune_starts_from_best_with_fresh_asgd_caps_windows_and_stops_on_the
 def test_finetune_refuses_unfinished_training_unless_told(ptb_corpus, tmp_path):
     trainer = Trainer(small(epochs=3, finetune_epochs=1), tmp_path / "r", corpus=ptb_corpus, progress=False)
     trainer.run_epoch()
-    before = checksums(trainer.run_dir)
+    before = snapshot(trainer.run_dir)
     with pytest.raises(ValueError, match="training stopped after epoch 1 of 3.*allow-unfinished"):
         trainer.finetune()
-    assert checksums(trainer.run_dir) == before and trainer.stage == "train"
+    assert snapshot(trainer.run_dir) == before and trainer.stage == "train"
     trainer.finetune(allow_unfinished=True)
     assert trainer.stage == "finetune" and trainer.finished
 
@@ -269,10 +264,10 @@ def test_finetune_can_be_switched_off(ptb_corpus, tmp_path):
 
 def test_an_existing_run_is_never_overwritten(ptb_corpus, tmp_path):
     Trainer(small(), tmp_path / "r", corpus=ptb_corpus, progress=False).fit()
-    before = checksums(tmp_path / "r")
+    before = snapshot(tmp_path / "r")
     with pytest.raises(FileExistsError, match="resume"):
         Trainer(small(), tmp_path / "r", corpus=ptb_corpus, progress=False)
-    assert checksums(tmp_path / "r") == before
+    assert snapshot(tmp_path / "r") == before
 
 
 def test_a_crash_inside_save_leaves_the_previous_checkpoint_intact(ptb_corpus, tmp_path, monkeypatch):
@@ -299,10 +294,10 @@ def test_resume_from_the_previous_checkpoint_when_the_latest_is_damaged(ptb_corp
     trainer.run_epoch(); trainer.run_epoch()
     state = checkpoint_dir(run) / "train-e0002.state.pt"
     state.write_bytes(state.read_bytes()[:100])                       # the latest, cut short
-    before = checksums(run)
+    before = snapshot(run)
     with pytest.raises(CheckpointError, match="train-e0002.state.pt.*--from-previous"):
         Trainer.resume(run, corpus=ptb_corpus, progress=False)
-    assert checksums(run) == before                                   # the refused resume changed nothing
+    assert snapshot(run) == before                                   # the refused resume changed nothing
     resumed = Trainer.resume(run, corpus=ptb_corpus, progress=False, from_previous=True)
     assert resumed.epoch == 1 and [m["epoch"] for m in read_metrics(run)] == [1]
     assert numbers(resumed.fit()) == numbers(whole)                   # epochs 2 and 3 again: the same numbers
@@ -312,14 +307,14 @@ def test_resume_refuses_a_hand_edited_config_and_changes_nothing(ptb_corpus, tmp
     run = tmp_path / "r"
     Trainer(small(epochs=2), run, corpus=ptb_corpus, progress=False).run_epoch()
     small(epochs=2, dropouti=0.3, lr=10.0).save(run / "config.json")
-    before = checksums(run)
+    before = snapshot(run)
     with pytest.raises(ValueError) as e:
         Trainer.resume(run, corpus=ptb_corpus, progress=False)
     assert "dropouti" in str(e.value) and "lr" in str(e.value) and "config.json" in str(e.value)
-    assert checksums(run) == before
+    assert snapshot(run) == before
     with pytest.raises(ValueError, match="can change only"):
         Trainer.resume(run, corpus=ptb_corpus, progress=False, lr=1.0)
-    assert checksums(run) == before
+    assert snapshot(run) == before
 
 
 def test_resume_may_extend_epochs_and_writes_the_config_only_when_a_stage_runs(ptb_corpus, tmp_path):
@@ -328,10 +323,10 @@ def test_resume_may_extend_epochs_and_writes_the_config_only_when_a_stage_runs(p
     state = checkpoint_dir(run) / "train-e0001.state.pt"
     good = state.read_bytes()
     state.write_bytes(b"")
-    before = checksums(run)
+    before = snapshot(run)
     with pytest.raises(CheckpointError):
         Trainer.resume(run, corpus=ptb_corpus, progress=False, epochs=3)
-    assert checksums(run) == before                                   # config.json not rewritten
+    assert snapshot(run) == before                                   # config.json not rewritten
     state.write_bytes(good)
     resumed = Trainer.resume(run, corpus=ptb_corpus, progress=False, epochs=3)
     assert not resumed.finished and TrainConfig.load(run / "config.json").epochs == 1   # not yet: nothing ran
@@ -344,11 +339,11 @@ def test_resume_may_extend_epochs_and_writes_the_config_only_when_a_stage_runs(p
 def test_a_finetune_refused_after_a_resume_leaves_the_config_as_it_was(ptb_corpus, tmp_path):
     run = tmp_path / "r"
     Trainer(small(epochs=2), run, corpus=ptb_corpus, progress=False).run_epoch()
-    before = checksums(run)
+    before = snapshot(run)
     trainer = Trainer.resume(run, corpus=ptb_corpus, progress=False, finetune_epochs=5)
     with pytest.raises(ValueError, match="training stopped after epoch 1 of 2"):
         trainer.finetune()
-    assert checksums(run) == before
+    assert snapshot(run) == before
 
 
 def test_an_old_run_directory_still_resumes(ptb_corpus, tmp_path):

@@ -125,7 +125,6 @@ def test_twin_and_widget_show_the_same_data_for_the_same_seed():
 
 def test_naive_panel_drops_exactly_the_units_whose_noise_is_below_p():
     "Independent of the figure code: rebuild the per-step keep pattern from the same seeded noise."
-    import torch
     cell, x, g = wdmod._explorer_setup(8, 16, 40, 0)
     u, v = wdmod._explorer_noise(cell, 40, g)
     ex = weight_drop_explorer(p=0.3)
