@@ -19,7 +19,10 @@ import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from awd_edu.checkpoint import has_checkpoint  # noqa: E402
 from awd_edu.config import TrainConfig  # noqa: E402
 from awd_edu.data import Corpus  # noqa: E402
 from awd_edu.files import atomic_write_text  # noqa: E402
+from awd_edu.messages import catch_signal, raise_terminated  # noqa: E402
 from awd_edu.model import count_parameters  # noqa: E402
 from awd_edu.rundir import RESUMABLE  # noqa: E402
 from awd_edu.train import Trainer  # noqa: E402
@@ -157,6 +161,21 @@ def derive_no_finetune(full_record: dict, config: TrainConfig) -> dict:
                 best_valid_ppl=best["valid_ppl"], best_at=dict(stage="train", epoch=best["epoch"]),
                 test_ppl=before["test_ppl"], valid_ppl=before["valid_ppl"], before_finetune=None,
                 train_seconds=sum(m["seconds"] for m in epochs), derived_from=f"full/seed-{full_record['seed']}")
+
+
+def _worker_start(parent: int):
+    """A worker (--jobs > 1) ends with the study: once the process that started it is gone (`kill PID`, a crash), it
+    stops its run as Ctrl-C would, between writes, the run keeping its last completed epoch for the next sitting."""
+    catch_signal(signal.SIGTERM, raise_terminated)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)                 # the run has stopped by then; the pool's queue would keep the worker waiting
+        os._exit(143)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _run_one(task: dict) -> dict:
@@ -313,7 +332,8 @@ def main(argv=None) -> dict:
             finished(_run_one(task))
     elif tasks:
         ctx = multiprocessing.get_context("spawn")   # fresh interpreters: no torch thread pools inherited
-        with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+        with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx, initializer=_worker_start,
+                                    initargs=(os.getpid(),)) as pool:
             for fut in cf.as_completed([pool.submit(_run_one, t) for t in tasks]):
                 finished(fut.result())
     path = save()

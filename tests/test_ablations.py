@@ -26,6 +26,7 @@ from awd_edu.config import TrainConfig
 from awd_edu.loop import lm_loss
 from awd_edu.model import build_model
 from awd_edu.train import Trainer
+from folder_checks import snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "ablations.py"
@@ -500,6 +501,58 @@ def test_a_killed_study_continues_from_its_record_on_a_fresh_clone(tmp_path):
         assert next(x for x in runs if (x["variant"], x["seed"]) == (r["variant"], r["seed"])) == r
         assert not (work / r["variant"] / f"seed-{r['seed']}").exists()   # and were not trained again
     assert len(rec["results"]["study"]["invocations"]) == 2 and rec["results"]["variants"] == summarise(runs)
+
+
+def children(pid: int) -> list:
+    "The processes whose parent is `pid` (read from /proc)."
+    kids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(p.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return kids
+
+
+def alive(pid: int) -> bool:
+    "Is `pid` a running process (not gone, not a zombie)?"
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table in /proc (Linux)")
+def test_a_killed_study_leaves_no_worker_training(tmp_path):
+    """`kill` the study's process while its two workers train: they stop within seconds, as Ctrl-C would, each run
+    left at its last completed epoch with no half-written file, and nothing in the work folder changes after."""
+    work, out = tmp_path / "work", tmp_path / "study.json"
+    args = ["--tiny", "--set", "epochs=500", "patience=500", "--only", "full,no-weight-drop", "--seeds", "1",
+            "--jobs", "2", "--work-dir", str(work), "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    latest = [work / n / "seed-1" / "checkpoints" / "train-latest.json" for n in ("full", "no-weight-drop")]
+    t0 = time.time()
+    while not all(p.is_file() for p in latest) and time.time() - t0 < 300 and proc.poll() is None:
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    proc.kill()                                     # SIGKILL: the study's process has no say in what follows
+    proc.wait()
+    assert all(p.is_file() for p in latest), "the two runs did not checkpoint an epoch within 5 minutes"
+    assert len(workers) >= 2, workers              # the two workers (and the pool's resource tracker)
+    t0 = time.time()
+    while any(map(alive, workers)) and time.time() - t0 < 90:
+        time.sleep(0.2)
+    assert not any(map(alive, workers)), "a worker went on training after the study was killed"
+    assert not list(work.rglob("*.tmp"))
+    before = snapshot(work)
+    time.sleep(3)
+    assert snapshot(work) == before
+    for p in latest:                                # each run is left at a whole checkpoint, to resume from
+        tag = json.loads(p.read_text())["tag"]
+        assert (p.parent / f"{tag}.safetensors").is_file() and (p.parent / f"{tag}.state.pt").is_file()
 
 
 @pytest.mark.slow
