@@ -372,6 +372,9 @@ def test_the_tables_and_sentences_read_the_runs():
     says = what_the_record_says(study)
     assert "**Worse than the full model (test interval above zero)**: `no-weight-drop`" in says
     assert "the full validation and test splits" in says and "4 seeds (1, 2, 3, 4)" in says
+    study["results"]["runs"] += [dict(r, variant="no-finetune") for r in runs[:4]]   # a variant equal to full
+    says = what_the_record_says(study)
+    assert "`no-finetune` (the full model's perplexities exactly, in all 4 seeds)" in says, says
 
 
 def test_a_first_format_record_is_read_in_todays_terms(tmp_path):

@@ -162,8 +162,11 @@ def what_the_record_says(study: dict) -> str:
     groups = {}
     for name, s in summary.items():
         if "paired" in s:
-            groups.setdefault(s["paired"]["test"]["verdict"], []).append(
-                f"`{name}` (test {_ci(s['paired']['test'])}, valid {_ci(s['paired']['valid'])})")
+            t, v = s["paired"]["test"], s["paired"]["valid"]
+            same = len(t["diffs"]) > 1 and not any(t["diffs"] + v["diffs"])   # e.g. a fine-tuning that never won
+            groups.setdefault(t["verdict"], []).append(
+                f"`{name}` (the full model's perplexities exactly, in all {len(t['diffs'])} seeds)" if same else
+                f"`{name}` (test {_ci(t)}, valid {_ci(v)})")
     heads = {"worse": "Worse than the full model (test interval above zero)",
              "better": "Better than the full model (test interval below zero)",
              VERDICTS[2]: "No measurable effect at this size (test interval contains zero)",
