@@ -349,6 +349,10 @@ def worth(study: dict,  # the record (`load_study()`)
             "better": "better than the full model: the whole 95% interval lies below zero",
             VERDICTS[2]: "no measurable effect at this size: the 95% interval includes zero",
             VERDICTS[3]: "too few seeds for an interval"}[t["verdict"]]
+    if len(t["diffs"]) > 1 and not any(t["diffs"] + v["diffs"]):   # the same tested weights in every seed
+        return (f"In {where} ([chapter 08f](08f_ablations.ipynb); {describe_regime(study)}), `{name}` scores exactly "
+                f"what the full model of the same seed scores, in all {len(t['diffs'])} seeds, on test (the full "
+                f"model: {full_t['mean']:.1f} on average) and on validation: no measurable effect at this size.")
     return (f"In {where} ([chapter 08f](08f_ablations.ipynb); {describe_regime(study)}), "
             f"`{name}` changes test perplexity by {_ci(t)} against the full model of the same seed (the full "
             f"model: {full_t['mean']:.1f} on average), and validation perplexity by {_ci(v)}: {what}.")

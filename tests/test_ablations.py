@@ -375,6 +375,8 @@ def test_the_tables_and_sentences_read_the_runs():
     study["results"]["runs"] += [dict(r, variant="no-finetune") for r in runs[:4]]   # a variant equal to full
     says = what_the_record_says(study)
     assert "`no-finetune` (the full model's perplexities exactly, in all 4 seeds)" in says, says
+    said = worth(study, "no-finetune")
+    assert "scores exactly what the full model of the same seed scores, in all 4 seeds" in said and "+0.0" not in said
 
 
 def test_a_first_format_record_is_read_in_todays_terms(tmp_path):
