@@ -309,6 +309,11 @@ def describe_regime(study: dict) -> str:
             f"{b['finetune_epochs']} of fine-tuning, evaluated on {evals}; {len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))})")
 
 
+def _same_as_full(t: dict, v: dict) -> bool:
+    "Did a variant score exactly what `full` scored, on test (`t`) and validation (`v`), in each of 2 or more seeds?"
+    return len(t["diffs"]) > 1 and not any(t["diffs"] + v["diffs"])
+
+
 def _ci(p: dict) -> str:
     return f"{p['mean']:+.1f} [{p['lo']:+.1f}, {p['hi']:+.1f}]" if p["lo"] is not None else f"{p['mean']:+.1f}"
 
@@ -349,7 +354,7 @@ def worth(study: dict,  # the record (`load_study()`)
             "better": "better than the full model: the whole 95% interval lies below zero",
             VERDICTS[2]: "no measurable effect at this size: the 95% interval includes zero",
             VERDICTS[3]: "too few seeds for an interval"}[t["verdict"]]
-    if len(t["diffs"]) > 1 and not any(t["diffs"] + v["diffs"]):   # the same tested weights in every seed
+    if _same_as_full(t, v):   # the same tested weights in every seed
         return (f"In {where} ([chapter 08f](08f_ablations.ipynb); {describe_regime(study)}), `{name}` scores exactly "
                 f"what the full model of the same seed scores, in all {len(t['diffs'])} seeds, on test (the full "
                 f"model: {full_t['mean']:.1f} on average) and on validation: no measurable effect at this size.")

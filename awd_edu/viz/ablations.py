@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from ..ablations import VERDICTS, _ci, describe_regime, get_ablation, regime_checks, summarise
+from ..ablations import VERDICTS, _ci, _same_as_full, describe_regime, get_ablation, regime_checks, summarise
 from .style import COLORS, apply_style
 
 # %% auto #0
@@ -163,9 +163,9 @@ def what_the_record_says(study: dict) -> str:
     for name, s in summary.items():
         if "paired" in s:
             t, v = s["paired"]["test"], s["paired"]["valid"]
-            same = len(t["diffs"]) > 1 and not any(t["diffs"] + v["diffs"])   # e.g. a fine-tuning that never won
-            groups.setdefault(t["verdict"], []).append(
-                f"`{name}` (the full model's perplexities exactly, in all {len(t['diffs'])} seeds)" if same else
+            groups.setdefault(t["verdict"], []).append(   # same as full: e.g. a fine-tuning that never won
+                f"`{name}` (the full model's perplexities exactly, in all {len(t['diffs'])} seeds)"
+                if _same_as_full(t, v) else
                 f"`{name}` (test {_ci(t)}, valid {_ci(v)})")
     heads = {"worse": "Worse than the full model (test interval above zero)",
              "better": "Better than the full model (test interval below zero)",
