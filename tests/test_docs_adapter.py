@@ -1,23 +1,17 @@
 """The docs build (tools/docs.py): the adapter from nbdev's processed notebooks to myst-nb input, on small notebooks
 made here, and nbdev's own processing of a small chapter before it."""
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
+from repo_tools import load_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("awd_docs_tool", ROOT / "tools" / "docs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-docs = _load_tool()
+docs = load_tool("docs")
 CFG = {"git_url": "https://github.com/org/proj", "branch": "main", "nbs_path": "nbs", "lib_path": "proj",
        "doc_host": "https://org.github.io", "doc_baseurl": "/proj"}
 # nbdev's front matter for a `# title` and `> summary` (FrontmatterProc writes it with yaml.dump: quoted, folded)

@@ -13,7 +13,6 @@ notebook). Screenshots go to test-artifacts/docs/.
 import contextlib
 import functools
 import http.server
-import importlib.util
 import itertools
 import json
 import re
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from repo_tools import load_tool
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow,   # two Sphinx builds of the site, then Chromium: `make test` only
               pytest.mark.filterwarnings("ignore:To exit:UserWarning")]  # a CLI guard run while documenting
 
@@ -30,14 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "docs"
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("awd_docs_tool", ROOT / "tools" / "docs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-docs = _load_tool()
+docs = load_tool("docs")
 NBS = ROOT / docs.settings().get("nbs_path", "nbs")
 PAGES = [docs.docname(NBS, p) for p in docs.notebooks(NBS)]  # `index`, `08a_config`, `viz/00_style`
 CHAPTER = re.compile(r"^(\d+)([a-z]?)_")  # a chapter: its number, and a letter for a sub-chapter (08a_config)

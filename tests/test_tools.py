@@ -1,24 +1,18 @@
 """tools/: one reading of a cell's `#|` directive lines (tools/cell_directives.py, nbdev's own parser) shared by
 run_nb.py, make_readme.py and docs.py, so the three never disagree with nbdev or with each other."""
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
+from repo_tools import load_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"awd_tool_{name}", TOOLS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cd, run_nb, make_readme = _load("cell_directives"), _load("run_nb"), _load("make_readme")
+cd, run_nb, make_readme = load_tool("cell_directives"), load_tool("run_nb"), load_tool("make_readme")
 
 
 @pytest.mark.parametrize("source, skipped", [
